@@ -1,0 +1,409 @@
+"""Attention sinks and massive activations.
+
+* Sink mass (Gu et al., "When Attention Sink Emerges in Language Models", ICLR 2025): for layer l,
+  head h and key position k, alpha = sum_{t >= k} A[t, k] / (T - k), the attention key k receives,
+  averaged over the queries that can see it. Sink rate = share of (sequence, layer, head) with
+  alpha_0 > epsilon (default 0.3), reported overall and per layer.
+* First token or position 0? The same texts with the first token removed, swapped for a random
+  token, or moved behind three random tokens: does the mass follow the token or the position?
+* Massive activations (Sun et al., "Massive Activations in Large Language Models", 2024): per layer,
+  residual-stream |x| at each position against the layer's median |x|, with the positions and
+  dimensions that carry the largest values (|x| > 100 and > 1000x the median flag "massive").
+
+Everything is reduced inside the hooks: per batch and layer only [batch, heads, keys] sink mass
+and a few residual statistics are kept, never T x T patterns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from posbench import data as pdata
+from posbench.errors import BadOptionError, EmptyDataError
+from posbench.protocols import Probe, ProbeResult
+
+INPUT_KINDS = ("natural", "random", "repeated")
+
+
+@dataclass
+class SinkConfig:
+    seq_len: int = 64  # tokens per sequence (Gu et al.: first 64 tokens)
+    n_sequences: int = 16  # per input kind (Gu et al. use 100)
+    k_first: int = 4  # report sink mass for key positions 0 .. k_first-1
+    epsilon: float = 0.3  # sink threshold on alpha
+    inputs: tuple[str, ...] = INPUT_KINDS
+    first_token_test: bool = True
+    n_moved: int = 3  # random tokens put before the first token in the "moved" variant
+    massive_abs: float = 100.0  # Sun et al.: |x| > 100 ...
+    massive_ratio: float = 1000.0  # ... and about 1000x the median |x|
+    top_activations: int = 5  # largest |x| entries kept per (sequence, layer)
+    batch_size: int = 8
+    padding_side: str = "right"
+    seed: int = 0
+
+
+def key_mass(
+    pattern: torch.Tensor,
+    attention_mask: torch.Tensor,
+    offsets: torch.Tensor,
+    lengths: torch.Tensor,
+    key_index: torch.Tensor,
+) -> torch.Tensor:
+    """Attention each chosen key receives, averaged over the queries that can see it.
+
+    pattern [B, H, T, T] (query, key); key_index [B, K] holds *real-token* indices (padding
+    excluded). Returns [B, H, K]: sum over real queries q >= k of A[q, k], divided by L - k.
+    """
+    batch, heads, width, _ = pattern.shape
+    offsets = offsets.to(pattern.device)
+    key_index = key_index.to(pattern.device)
+    cols = (offsets[:, None] + key_index).clamp(max=width - 1)
+    gathered = pattern.gather(3, cols[:, None, None, :].expand(batch, heads, width, cols.shape[1]))
+    query_mask = attention_mask.to(pattern.dtype)[:, None, :, None]
+    mass = (gathered * query_mask).sum(dim=2)
+    visible = (lengths.to(pattern.device)[:, None] - key_index).clamp(min=1).to(pattern.dtype)
+    return mass / visible[:, None, :]
+
+
+@dataclass
+class _Capture:
+    """Per-batch reductions filled by the hooks."""
+
+    n_layers: int
+    key_index: torch.Tensor | None = None
+    mass: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, K]
+    resid: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+class SinkProbe(Probe):
+    name = "sinks"
+    summary = "attention sinks (Gu et al.) and massive activations (Sun et al.)"
+    Config = SinkConfig
+
+    def check_config(self) -> None:
+        c = self.config
+        if isinstance(c.inputs, str):
+            self.config.inputs = tuple(x.strip() for x in c.inputs.split(",") if x.strip())
+        bad = [k for k in self.config.inputs if k not in INPUT_KINDS]
+        if bad:
+            raise BadOptionError(f"unknown input kind(s) {bad}: choose from {', '.join(INPUT_KINDS)}")
+        if c.seq_len < 2 or c.n_sequences < 1 or c.k_first < 1 or c.batch_size < 1:
+            raise BadOptionError("seq_len >= 2, n_sequences >= 1, k_first >= 1 and batch_size >= 1 are required")
+        if not 0 < c.epsilon < 1:
+            raise BadOptionError(f"epsilon must be in (0, 1), got {c.epsilon}")
+        if c.padding_side not in ("left", "right"):
+            raise BadOptionError("padding_side must be 'left' or 'right'")
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, model, data) -> tuple[dict[str, list[list[int]]], list[str]]:
+        c = self.config
+        if data is None:
+            texts = pdata.natural_texts()[: c.n_sequences]
+            kinds = {}
+            for kind in c.inputs:
+                if kind == "natural":
+                    kinds[kind] = pdata.natural_sequences(model, texts, c.seq_len)
+                elif kind == "random":
+                    kinds[kind] = pdata.random_token_sequences(model, c.n_sequences, c.seq_len, c.seed)
+                else:
+                    kinds[kind] = pdata.repeated_token_sequences(model, c.n_sequences, c.seq_len, c.seed)
+            return kinds, texts
+        if isinstance(data, str):
+            data = [data]
+        if isinstance(data, dict):
+            kinds = {
+                k: (pdata.natural_sequences(model, v, c.seq_len) if v and isinstance(v[0], str) else [list(s) for s in v])
+                for k, v in data.items()
+            }
+            texts = [t for v in data.values() for t in v if isinstance(t, str)]
+            return kinds, texts
+        texts = list(data)
+        if not texts:
+            raise EmptyDataError("sinks: the data is empty: pass at least one text")
+        return {"custom": pdata.natural_sequences(model, texts, c.seq_len)}, texts
+
+    def _first_token_variants(self, model, texts: list[str]) -> dict[str, tuple[list[list[int]], list[int | None]]]:
+        """Variants of the same texts and, per sequence, where the original first token now is."""
+        c = self.config
+        base = pdata.natural_sequences(model, texts, None)
+        gen = torch.Generator().manual_seed(c.seed + 1)
+        randoms = model.random_tokens(len(base), c.n_moved + 1, gen).tolist()
+        cut = lambda s: s[: c.seq_len]  # noqa: E731
+        variants: dict[str, tuple[list[list[int]], list[int | None]]] = {
+            "as_is": ([cut(s) for s in base], [0] * len(base))
+        }
+        bos = model.tokenizer.bos_token_id
+        if model.card.adds_bos:
+            variants["bos_removed"] = ([cut(s[1:]) for s in base], [None] * len(base))
+        elif bos is not None:
+            variants["bos_added"] = ([cut([bos] + s) for s in base], [1] * len(base))
+        variants["first_swapped"] = ([cut([r[0]] + s[1:]) for s, r in zip(base, randoms)], [None] * len(base))
+        variants["first_moved"] = (
+            [cut(r[1:] + s) for s, r in zip(base, randoms)],
+            [c.n_moved] * len(base),
+        )
+        return variants
+
+    # ------------------------------------------------------------------ capture + reduce
+    def _run_sequences(self, model, seqs, tracked=None, desc="", progress=False):
+        """Sink mass [N, L, H, K(+1)] and residual statistics for a list of token sequences."""
+        c = self.config
+        model.check_lengths(seqs)
+        k_first = min(c.k_first, min(len(s) for s in seqs))
+        masses, resid_rows = [], []
+        order = range(0, len(seqs), c.batch_size)
+        for start in tqdm(order, desc=desc, disable=not progress, leave=False, unit="batch"):
+            chunk = seqs[start : start + c.batch_size]
+            batch = model.batch(chunk, c.padding_side)
+            key_index = torch.arange(k_first).repeat(len(chunk), 1)
+            if tracked is not None:
+                t = [tracked[start + i] if tracked[start + i] is not None else 0 for i in range(len(chunk))]
+                key_index = torch.cat([key_index, torch.tensor(t)[:, None]], dim=1)
+            cap = _Capture(model.n_layers, key_index)
+            hooks = []
+            for layer in range(model.n_layers):
+                hooks.append((model.hook_name("pattern", layer), self._pattern_hook(cap, batch, layer)))
+                hooks.append((model.hook_name("resid_post", layer), self._resid_hook(cap, batch, layer)))
+            model.forward(batch, hooks, logits=False)
+            masses.append(torch.stack([cap.mass[l] for l in range(model.n_layers)], dim=1))
+            for layer, rows in cap.resid.items():
+                for row in rows:
+                    row["seq"] += start
+                    row["layer"] = layer
+                    resid_rows.append(row)
+        return torch.cat(masses).numpy(), resid_rows, k_first
+
+    @staticmethod
+    def _pattern_hook(cap: _Capture, batch, layer: int):
+        def hook(pattern: torch.Tensor, hook) -> torch.Tensor:
+            cap.mass[layer] = key_mass(
+                pattern.detach().float(), batch.attention_mask, batch.offsets, batch.lengths, cap.key_index
+            ).cpu()
+            return pattern
+
+        return hook
+
+    def _resid_hook(self, cap: _Capture, batch, layer: int):
+        top_n = self.config.top_activations
+
+        def hook(resid: torch.Tensor, hook) -> torch.Tensor:
+            x = resid.detach()
+            if isinstance(x, tuple):  # pragma: no cover - some blocks return tuples
+                x = x[0]
+            rows = []
+            for b in range(batch.size):
+                absx = x[b, batch.real_columns(b)].float().abs()  # [L_b, D]
+                median = absx.median().item()
+                vals, idx = absx.flatten().topk(min(top_n, absx.numel()))
+                per_pos = absx.max(dim=-1)
+                rows.append(
+                    {
+                        "seq": b,
+                        "median": median,
+                        "top_value": vals.tolist(),
+                        "top_position": (idx // absx.shape[1]).tolist(),
+                        "top_dim": (idx % absx.shape[1]).tolist(),
+                        "pos_max": per_pos.values.tolist(),
+                        "pos_argdim": per_pos.indices.tolist(),
+                    }
+                )
+            cap.resid[layer] = rows
+            return resid
+
+        return hook
+
+    # ------------------------------------------------------------------ measure
+    def measure(self, model, data, progress=False):
+        c = self.config
+        kinds, texts = self._inputs(model, data)
+        head_rows, massive_rows, position_rows = [], [], []
+        data_record: dict[str, Any] = {
+            "kinds": {k: len(v) for k, v in kinds.items()},
+            "seq_len": c.seq_len,
+            "bos_prepended": model.card.adds_bos,
+            "bos_token": model.card.bos_token,
+            "tokens": {k: v for k, v in kinds.items()},
+        }
+        kind_mass: dict[str, np.ndarray] = {}
+        for kind, seqs in kinds.items():
+            mass, resid, k_first = self._run_sequences(model, seqs, desc=f"sinks:{kind}", progress=progress)
+            kind_mass[kind] = mass
+            n_seq = mass.shape[0]
+            for layer in range(model.n_layers):
+                for head in range(model.n_heads):
+                    for k in range(k_first):
+                        a = mass[:, layer, head, k]
+                        head_rows.append(
+                            (kind, layer, head, k, float(a.mean()), float(a.std()),
+                             float((a > c.epsilon).mean()), n_seq)
+                        )
+            massive_rows.extend(self._massive_rows(kind, resid))
+            position_rows.extend(self._position_rows(kind, resid))
+
+        head_mass = pd.DataFrame(
+            head_rows,
+            columns=["input", "layer", "head", "key_pos", "mean_mass", "std_mass", "sink_rate", "n_seqs"],
+        )
+        layer_sink = (
+            head_mass.groupby(["input", "layer", "key_pos"], as_index=False)
+            .agg(sink_rate=("sink_rate", "mean"), mean_mass=("mean_mass", "mean"))
+        )
+        tables = {
+            "head_mass": head_mass,
+            "layer_sink_rate": layer_sink,
+            "massive_top": pd.DataFrame(
+                massive_rows,
+                columns=["input", "seq", "layer", "rank", "position", "dim", "value", "median", "ratio", "massive"],
+            ),
+            "resid_position": pd.DataFrame(
+                position_rows,
+                columns=["input", "layer", "position", "max_abs", "ratio_to_median", "top_dim"],
+            ),
+        }
+        if c.first_token_test and texts:
+            tables["first_token"], data_record["first_token"] = self._first_token_table(model, texts, progress)
+        summary = self._summary(model, tables)
+        return tables, summary, data_record
+
+    def _massive_rows(self, kind, resid):
+        c = self.config
+        rows = []
+        for r in resid:
+            for rank, (v, p, d) in enumerate(zip(r["top_value"], r["top_position"], r["top_dim"])):
+                ratio = v / max(r["median"], 1e-12)
+                rows.append(
+                    (kind, r["seq"], r["layer"], rank, p, d, v, r["median"], ratio,
+                     bool(v > c.massive_abs and ratio > c.massive_ratio))
+                )
+        return rows
+
+    @staticmethod
+    def _position_rows(kind, resid):
+        acc: dict[tuple[int, int], list] = {}
+        for r in resid:
+            med = max(r["median"], 1e-12)
+            for pos, (v, d) in enumerate(zip(r["pos_max"], r["pos_argdim"])):
+                acc.setdefault((r["layer"], pos), []).append((v, v / med, d))
+        rows = []
+        for (layer, pos), vals in sorted(acc.items()):
+            arr = np.array([(v, q) for v, q, _ in vals])
+            dims = [d for _, _, d in vals]
+            rows.append((kind, layer, pos, float(arr[:, 0].mean()), float(arr[:, 1].mean()),
+                         int(max(set(dims), key=dims.count))))
+        return rows
+
+    def _first_token_table(self, model, texts, progress):
+        c = self.config
+        rows, record = [], {}
+        for variant, (seqs, tracked) in self._first_token_variants(model, texts).items():
+            mass, _, k_first = self._run_sequences(model, seqs, tracked, desc=f"sinks:{variant}", progress=progress)
+            has_tracked = np.array([t is not None for t in tracked])
+            record[variant] = {"n": len(seqs), "tracked_position": next((t for t in tracked if t is not None), None)}
+            for layer in range(model.n_layers):
+                for head in range(model.n_heads):
+                    pos0 = mass[:, layer, head, 0]
+                    trk = float(mass[has_tracked, layer, head, -1].mean()) if has_tracked.any() else float("nan")
+                    rows.append(
+                        (variant, layer, head, float(pos0.mean()), trk,
+                         record[variant]["tracked_position"], float((pos0 > c.epsilon).mean()))
+                    )
+        table = pd.DataFrame(
+            rows,
+            columns=["variant", "layer", "head", "mass_pos0", "mass_first_token", "first_token_pos", "sink_rate_pos0"],
+        )
+        return table, record
+
+    def _summary(self, model, tables) -> dict[str, Any]:
+        c = self.config
+        hm = tables["head_mass"]
+        out: dict[str, Any] = {
+            "bos_prepended": model.card.adds_bos,
+            "epsilon": c.epsilon,
+        }
+        late = hm[(hm.key_pos == 0) & (hm.layer >= min(2, model.n_layers - 1))]
+        for kind in hm["input"].unique():
+            k0 = hm[(hm.key_pos == 0) & (hm["input"] == kind)]
+            lk = late[late["input"] == kind]
+            out[f"sink_rate_{kind}_pct"] = round(100 * float(k0.sink_rate.mean()), 2)
+            out[f"mean_first_mass_{kind}_layers2+"] = round(float(lk.mean_mass.mean()), 4)
+            out[f"share_heads_majority_first_{kind}_layers2+"] = round(float((lk.mean_mass > 0.5).mean()), 4)
+        mt = tables["massive_top"]
+        if len(mt):
+            best = mt.loc[mt.ratio.idxmax()]
+            out["max_activation_ratio"] = round(float(best.ratio), 1)
+            out["max_activation"] = f"{best.value:.1f} at layer {int(best.layer)}, position {int(best.position)}, dim {int(best.dim)} ({best['input']})"
+            massive = mt[mt.massive]
+            out["massive_entries"] = int(len(massive))
+            if len(massive):
+                out["massive_positions"] = ",".join(map(str, sorted(massive.position.value_counts().index[:5].tolist())))
+                out["massive_dims"] = ",".join(map(str, massive.dim.value_counts().index[:5].tolist()))
+        if "first_token" in tables:
+            ft = tables["first_token"]
+            ftl = ft[ft.layer >= min(2, model.n_layers - 1)]
+            means = ftl.groupby("variant")[["mass_pos0", "mass_first_token"]].mean()
+            for variant, row in means.iterrows():
+                out[f"first_token:{variant}:mass_pos0"] = round(float(row.mass_pos0), 4)
+            if "first_moved" in means.index:
+                moved = means.loc["first_moved"]
+                out["first_token:first_moved:mass_on_moved_token"] = round(float(moved.mass_first_token), 4)
+                p0, tok = float(moved.mass_pos0), float(moved.mass_first_token)
+                out["sink_follows"] = (
+                    "token" if tok > 2 * p0 else "position 0" if p0 > 2 * tok else "both"
+                )
+        return out
+
+    # ------------------------------------------------------------------ figures
+    @classmethod
+    def figures(cls, result: ProbeResult):
+        import plotly.express as px
+        import plotly.graph_objects as go
+
+        figs = {}
+        hm = result.tables["head_mass"]
+        kind = "natural" if "natural" in set(hm["input"]) else hm["input"].iloc[0]
+        k0 = hm[(hm.key_pos == 0) & (hm["input"] == kind)]
+        grid = k0.pivot(index="layer", columns="head", values="mean_mass")
+        figs["first_token_mass"] = px.imshow(
+            grid, origin="lower", aspect="auto", zmin=0, zmax=1, color_continuous_scale="Viridis",
+            labels={"x": "head", "y": "layer", "color": "mass"},
+            title=f"Attention mass on the first token per head ({kind} text, alpha_0)",
+        )
+        ls = result.tables["layer_sink_rate"]
+        ls0 = ls[ls.key_pos == 0]
+        figs["sink_rate_by_layer"] = px.line(
+            ls0, x="layer", y="sink_rate", color="input", markers=True, range_y=[0, 1.02],
+            title=f"Sink rate per layer: share of heads x sequences with alpha_0 > {result.config['epsilon']}",
+        )
+        kp = ls[ls["input"] == kind]
+        figs["mass_by_key_position"] = px.line(
+            kp, x="layer", y="mean_mass", color=kp.key_pos.astype(str), markers=True,
+            labels={"color": "key position"}, title=f"Mean mass on each of the first key positions ({kind})",
+        )
+        if "first_token" in result.tables:
+            ft = result.tables["first_token"]
+            by = ft.groupby(["variant", "layer"], as_index=False)[["mass_pos0", "mass_first_token"]].mean()
+            fig = go.Figure()
+            for variant, g in by.groupby("variant", sort=False):
+                fig.add_trace(go.Scatter(x=g.layer, y=g.mass_pos0, mode="lines+markers", name=f"{variant}: position 0"))
+                if g.mass_first_token.notna().any() and variant not in ("as_is",):
+                    fig.add_trace(go.Scatter(x=g.layer, y=g.mass_first_token, mode="lines+markers",
+                                             line={"dash": "dash"}, name=f"{variant}: original first token"))
+            fig.update_layout(title="Does the sink follow the first token or position 0?",
+                              xaxis_title="layer", yaxis_title="mean mass (all heads)", yaxis_range=[0, 1.02])
+            figs["first_token_or_position"] = fig
+        rp = result.tables["resid_position"]
+        rpk = rp[rp["input"] == kind]
+        if len(rpk):
+            g = rpk.pivot(index="layer", columns="position", values="ratio_to_median")
+            figs["massive_activations"] = px.imshow(
+                np.log10(g.clip(lower=1e-3)), origin="lower", aspect="auto", color_continuous_scale="Magma",
+                labels={"x": "position", "y": "layer", "color": "log10 max|x| / median"},
+                title=f"Residual-stream max |x| per position vs the layer median ({kind})",
+            )
+        return figs
