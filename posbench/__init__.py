@@ -1,0 +1,44 @@
+"""posbench: a mechanistic-interpretability workbench for position effects in transformer LMs.
+
+    import posbench
+    model = posbench.load_model("smollm2-135m-instruct")
+    result = posbench.run("sinks", model)          # a ProbeResult: tables, figures, summary
+    posbench.Store().save(result)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .errors import PosbenchError
+from .model import Batch, HookedModel, load_model, position_ids_from_mask
+from .protocols import Intervention, Probe, ProbeResult
+from .store import Store
+from .zoo import ZOO
+
+__version__ = "0.1.0"
+
+
+def run(probe: str, model: HookedModel, data: Any = None, interventions: Sequence[Intervention] = (), **config) -> ProbeResult:
+    """Run a registered probe by name: ``posbench.run("sinks", model, seq_len=64)``."""
+    from .registry import get_probe
+
+    return get_probe(probe)(**config).run(model, data=data, interventions=interventions)
+
+
+def probes() -> dict[str, type[Probe]]:
+    from .registry import probes as _probes
+
+    return _probes()
+
+
+def interventions() -> dict[str, type[Intervention]]:
+    from .registry import interventions as _interventions
+
+    return _interventions()
+
+
+__all__ = [
+    "Batch", "HookedModel", "Intervention", "PosbenchError", "Probe", "ProbeResult", "Store", "ZOO",
+    "interventions", "load_model", "position_ids_from_mask", "probes", "run",
+]

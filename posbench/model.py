@@ -314,6 +314,9 @@ def _boot(hf_model, tokenizer, model_id: str, source: str) -> HookedModel:
 
 def _from_pretrained(name: str, dtype, device, source: str) -> HookedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")

@@ -151,14 +151,13 @@ class SinkProbe(Probe):
         return variants
 
     # ------------------------------------------------------------------ capture + reduce
-    def _run_sequences(self, model, seqs, tracked=None, desc="", progress=False):
+    def _run_sequences(self, model, seqs, tracked=None, bar=None):
         """Sink mass [N, L, H, K(+1)] and residual statistics for a list of token sequences."""
         c = self.config
         model.check_lengths(seqs)
         k_first = min(c.k_first, min(len(s) for s in seqs))
         masses, resid_rows = [], []
-        order = range(0, len(seqs), c.batch_size)
-        for start in tqdm(order, desc=desc, disable=not progress, leave=False, unit="batch"):
+        for start in range(0, len(seqs), c.batch_size):
             chunk = seqs[start : start + c.batch_size]
             batch = model.batch(chunk, c.padding_side)
             key_index = torch.arange(k_first).repeat(len(chunk), 1)
@@ -171,6 +170,8 @@ class SinkProbe(Probe):
                 hooks.append((model.hook_name("pattern", layer), self._pattern_hook(cap, batch, layer)))
                 hooks.append((model.hook_name("resid_post", layer), self._resid_hook(cap, batch, layer)))
             model.forward(batch, hooks, logits=False)
+            if bar is not None:
+                bar.update(len(chunk))
             masses.append(torch.stack([cap.mass[l] for l in range(model.n_layers)], dim=1))
             for layer, rows in cap.resid.items():
                 for row in rows:
@@ -222,6 +223,11 @@ class SinkProbe(Probe):
     def measure(self, model, data, progress=False):
         c = self.config
         kinds, texts = self._inputs(model, data)
+        for seqs in kinds.values():
+            model.check_lengths(seqs)  # fail before any compute
+        variants = self._first_token_variants(model, texts) if (c.first_token_test and texts) else {}
+        total = sum(map(len, kinds.values())) + sum(len(v[0]) for v in variants.values())
+        bar = tqdm(total=total, desc=f"sinks on {model.model_id}", unit="seq", disable=not progress)
         head_rows, massive_rows, position_rows = [], [], []
         data_record: dict[str, Any] = {
             "kinds": {k: len(v) for k, v in kinds.items()},
@@ -232,7 +238,7 @@ class SinkProbe(Probe):
         }
         kind_mass: dict[str, np.ndarray] = {}
         for kind, seqs in kinds.items():
-            mass, resid, k_first = self._run_sequences(model, seqs, desc=f"sinks:{kind}", progress=progress)
+            mass, resid, k_first = self._run_sequences(model, seqs, bar=bar)
             kind_mass[kind] = mass
             n_seq = mass.shape[0]
             for layer in range(model.n_layers):
@@ -266,8 +272,9 @@ class SinkProbe(Probe):
                 columns=["input", "layer", "position", "max_abs", "ratio_to_median", "top_dim"],
             ),
         }
-        if c.first_token_test and texts:
-            tables["first_token"], data_record["first_token"] = self._first_token_table(model, texts, progress)
+        if variants:
+            tables["first_token"], data_record["first_token"] = self._first_token_table(model, variants, bar)
+        bar.close()
         summary = self._summary(model, tables)
         return tables, summary, data_record
 
@@ -298,11 +305,11 @@ class SinkProbe(Probe):
                          int(max(set(dims), key=dims.count))))
         return rows
 
-    def _first_token_table(self, model, texts, progress):
+    def _first_token_table(self, model, variants, bar):
         c = self.config
         rows, record = [], {}
-        for variant, (seqs, tracked) in self._first_token_variants(model, texts).items():
-            mass, _, k_first = self._run_sequences(model, seqs, tracked, desc=f"sinks:{variant}", progress=progress)
+        for variant, (seqs, tracked) in variants.items():
+            mass, _, k_first = self._run_sequences(model, seqs, tracked, bar=bar)
             has_tracked = np.array([t is not None for t in tracked])
             record[variant] = {"n": len(seqs), "tracked_position": next((t for t in tracked if t is not None), None)}
             for layer in range(model.n_layers):
@@ -354,7 +361,8 @@ class SinkProbe(Probe):
                 out["first_token:first_moved:mass_on_moved_token"] = round(float(moved.mass_first_token), 4)
                 p0, tok = float(moved.mass_pos0), float(moved.mass_first_token)
                 out["sink_follows"] = (
-                    "token" if tok > 2 * p0 else "position 0" if p0 > 2 * tok else "both"
+                    "no sink" if max(p0, tok) < c.epsilon
+                    else "token" if tok > 2 * p0 else "position 0" if p0 > 2 * tok else "both"
                 )
         return out
 
