@@ -26,13 +26,15 @@ def run(probe: str, model: HookedModel, data: Any = None, interventions: Sequenc
     return get_probe(probe)(**config).run(model, data=data, interventions=interventions)
 
 
-def probes() -> dict[str, type[Probe]]:
+def available_probes() -> dict[str, type[Probe]]:
+    """Registered probes by name (every module in ``posbench.probes``)."""
     from .registry import probes as _probes
 
     return _probes()
 
 
-def interventions() -> dict[str, type[Intervention]]:
+def available_interventions() -> dict[str, type[Intervention]]:
+    """Registered interventions by name (every module in ``posbench.interventions``)."""
     from .registry import interventions as _interventions
 
     return _interventions()
@@ -40,5 +42,5 @@ def interventions() -> dict[str, type[Intervention]]:
 
 __all__ = [
     "Batch", "HookedModel", "Intervention", "PosbenchError", "Probe", "ProbeResult", "Store", "ZOO",
-    "interventions", "load_model", "position_ids_from_mask", "probes", "run",
+    "available_interventions", "available_probes", "load_model", "position_ids_from_mask", "run",
 ]

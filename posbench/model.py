@@ -130,15 +130,15 @@ class HookedModel:
         """
         if self.card.position_encoding != "rope":
             return None
-        rotary = None
-        for name, module in self.hf_model.named_modules():
-            if name.endswith("rotary_emb"):
-                rotary = module
-                break
-        if rotary is None:
-            return None
         layer_type = self.card.layer_types[layer]
-        buffers = dict(rotary.named_buffers())
+        # The bridge wraps HF's rotary module, so match buffers by name wherever they sit.
+        buffers = {
+            name.rsplit(".", 1)[-1]: buf
+            for name, buf in self.hf_model.named_buffers()
+            if "rotary_emb" in name
+            and name.endswith("inv_freq")
+            and "original_inv_freq" not in name.rsplit(".", 1)[-1]
+        }
         freq = buffers.get(f"{layer_type}_inv_freq", buffers.get("inv_freq"))
         return None if freq is None else freq.detach().float().cpu()
 
@@ -298,6 +298,11 @@ class HookedModel:
 def _boot(hf_model, tokenizer, model_id: str, source: str) -> HookedModel:
     from transformer_lens.model_bridge import TransformerBridge
 
+    if any("_original_component" in n for n, _ in hf_model.named_modules()):
+        raise PosbenchError(
+            "this HuggingFace model is already wrapped by a TransformerBridge (a HookedModel "
+            "uses it): reuse that HookedModel, or load a fresh copy of the model"
+        )
     hf_model.eval()
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     # The bridge re-loads its tokenizer with add_bos_token=True from `name_or_path` (a hub

@@ -1,0 +1,34 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+import posbench  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return posbench.load_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    return posbench.load_model("tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return posbench.load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    return posbench.load_model("gemma-3-270m")
+
+
+@pytest.fixture(params=["smollm2-135m-instruct", "gemma-3-270m"], scope="session")
+def embedded(request):
+    return request.getfixturevalue({"smollm2-135m-instruct": "smollm2", "gemma-3-270m": "gemma"}[request.param])
