@@ -181,7 +181,8 @@ class Probe(ABC):
         """Raise BadOptionError for impossible settings."""
 
     def get_params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)
+        """The configuration as JSON-native values (tuples become lists), as stored."""
+        return json.loads(json.dumps(dataclasses.asdict(self.config), default=str))
 
     def run(
         self,

@@ -71,9 +71,13 @@ class Store:
     def __init__(self, path: str | Path | None = None, readonly: bool = False):
         self.path = Path(path) if path is not None else default_store_path()
         self.readonly = readonly
-        if readonly:
-            if not self.path.exists():
-                raise StoreError(f"no results store at {self.path}: run a probe first, or pass --store")
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists:
+            self._check_schema()  # read-only look first: a foreign file is never written to
+            if not readonly:
+                self.check_writable()
+        elif readonly:
+            raise StoreError(f"no results store at {self.path}: run a probe first, or pass --store")
         else:
             self.check_writable()
             with self._connect() as conn:
@@ -82,7 +86,6 @@ class Store:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-        self._check_schema()
 
     # ------------------------------------------------------------------ plumbing
     def check_writable(self) -> None:
@@ -113,21 +116,22 @@ class Store:
                 f"cannot create results store {target} ({err.strerror}): pass --store to a writable path"
             ) from None
 
-    def _connect(self) -> sqlite3.Connection:
-        uri = f"file:{self.path}{'?mode=ro' if self.readonly else ''}"
+    def _connect(self, readonly: bool | None = None) -> sqlite3.Connection:
+        readonly = self.readonly if readonly is None else readonly
+        uri = f"file:{self.path}{'?mode=ro' if readonly else ''}"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
         except sqlite3.Error as err:
             raise StoreError(f"cannot open results store {self.path}: {err}") from None
         conn.execute("PRAGMA foreign_keys = ON")
-        if not self.readonly:
+        if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
+        conn = self._connect(readonly=True)
         try:
             yield conn
         except sqlite3.DatabaseError as err:
@@ -153,6 +157,12 @@ class Store:
             conn.close()
 
     def _check_schema(self) -> None:
+        with open(self.path, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise StoreError(
+                    f"{self.path} is not a posbench results store (not an SQLite file): "
+                    "pass --store to another file"
+                )
         try:
             with self._read() as conn:
                 row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
