@@ -142,6 +142,16 @@ class HookedModel:
         freq = buffers.get(f"{layer_type}_inv_freq", buffers.get("inv_freq"))
         return None if freq is None else freq.detach().float().cpu()
 
+    def attention_scaling(self, layer: int) -> float:
+        """The factor the layer multiplies q.k by before the softmax (1/sqrt(d_head) unless the
+        model says otherwise, e.g. Gemma 3's query_pre_attn_scalar)."""
+        for name, module in self.hf_model.named_modules():
+            if name.endswith(f"layers.{layer}.self_attn") or name.endswith(f"h.{layer}.attn"):
+                scale = getattr(module, "scaling", None)
+                if scale is not None:
+                    return float(scale)
+        return self.d_head**-0.5
+
     # ------------------------------------------------------------------ inputs
     @property
     def special_ids(self) -> set[int]:

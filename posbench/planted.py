@@ -6,6 +6,8 @@ mechanism exactly; a probe is correct only if it finds that head and no other.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import PosbenchError
@@ -49,3 +51,36 @@ def plant_first_token_head(model: HookedModel, head: int, strength: float = 1.5)
     w_k[kv * d + pair + d // 2].zero_()
     w_q[head * d + pair, 1] = strength
     w_k[kv * d + pair, 0] = strength
+
+
+@torch.no_grad()
+def plant_offset_head(
+    model: HookedModel, head: int, offset: int, strength: float = 6.0, pairs: list[int] | None = None
+) -> None:
+    """Make layer-0 query head ``head`` attend to the token ``offset`` positions back, whatever
+    the content (offset 1 = previous-token head).
+
+    Every token gets a constant residual component (dim 1). The head's query reads it into the
+    first coordinate of each rotary pair p in ``pairs`` (all by default); the key reads it into
+    the same pair rotated forward by ``offset * theta_p``. The pre-softmax score at relative
+    offset d is then sum_p |q_p||k_p| cos((offset - d) theta_p), maximal at d = offset only.
+    The key/value head is shared under GQA, so the group's other query heads are zeroed.
+    """
+    if model.card.position_encoding != "rope":
+        raise PosbenchError("plant_offset_head needs a RoPE model (e.g. tiny-llama)")
+    embed, w_q, w_k = _llama_parts(model, 0)
+    d = model.d_head
+    n_pairs = (model.card.rotary_dims or d) // 2
+    theta = model.rotary_inv_freq(0)
+    pairs = list(range(n_pairs)) if pairs is None else list(pairs)
+    embed[:, 1] = 0.5
+    kv = model.card.kv_head_of(head)
+    for h in range(model.n_heads):
+        if model.card.kv_head_of(h) == kv:
+            w_q[h * d : (h + 1) * d].zero_()
+    w_k[kv * d : (kv + 1) * d].zero_()
+    for p in pairs:
+        angle = float(offset * theta[p])
+        w_q[head * d + p, 1] = strength
+        w_k[kv * d + p, 1] = strength * math.cos(angle)
+        w_k[kv * d + p + n_pairs, 1] = strength * math.sin(angle)
