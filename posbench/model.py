@@ -247,8 +247,9 @@ class HookedModel:
     ) -> torch.Tensor | None:
         """Run the batch with the active interventions' hooks, then ``hooks``, attached.
 
-        With ``logits=False`` the pass stops before the final norm and unembedding (Gemma-3's
-        262k-token unembedding dominates the cost of short runs otherwise).
+        With ``logits=False`` the pass stops right before the unembedding (Gemma-3's 262k-token
+        unembedding dominates short runs otherwise); ``unembed.hook_in`` (the final normalised
+        residual) still fires, so a probe can unembed in chunks itself.
         """
         fwd_hooks: list[Hook] = []
         for intervention in self._interventions:
@@ -259,7 +260,7 @@ class HookedModel:
             def stop(tensor, hook):
                 raise _StopForward
 
-            fwd_hooks.append(("ln_final.hook_in", stop))
+            fwd_hooks.append(("unembed.hook_in", stop))
         try:
             return self.bridge.run_with_hooks(
                 batch.input_ids,

@@ -8,15 +8,21 @@ import math
 import torch
 
 
-def renormalise_without_first(block: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop key 0 (the sink) and renormalise each row. block [H, L, L] -> (Ã [H, L, L], row_ok [H, L])."""
-    rest = 1.0 - block[..., 0]
-    out = block.clone()
-    out[..., 0] = 0.0
+ROW_CHUNK = 256  # query rows reduced at a time: temporaries stay [heads, 256, L], never [heads, L, L]
+
+
+def _row_chunks(length: int):
+    for start in range(0, length, ROW_CHUNK):
+        yield start, min(length, start + ROW_CHUNK)
+
+
+def renormalise_without_first(rows: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop key 0 (the sink) and renormalise each row. rows [H, n, L] -> (Ã [H, n, L], row_ok [H, n])."""
+    rest = 1.0 - rows[..., 0]
     ok = rest > eps
-    out = out / rest.clamp(min=eps).unsqueeze(-1)
-    out = out * ok.unsqueeze(-1)
-    return out, ok
+    out = rows / rest.clamp(min=eps).unsqueeze(-1)
+    out[..., 0] = 0.0
+    return out * ok.unsqueeze(-1), ok
 
 
 def offset_sums(block: torch.Tensor, max_offset: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,36 +32,52 @@ def offset_sums(block: torch.Tensor, max_offset: int | None = None) -> tuple[tor
     i - d >= 1, so sums / counts is the offset profile P_h(d) of the block.
     """
     heads, length, _ = block.shape
-    top = length - 1 if max_offset is None else min(max_offset, length - 1)
-    norm, ok = renormalise_without_first(block)
-    sums = torch.zeros(heads, top + 1)
-    counts = torch.zeros(top + 1)
-    for d in range(top + 1):
-        diag = torch.diagonal(norm, offset=-d, dim1=-2, dim2=-1)[:, 1:]  # keys j = i - d >= 1
-        valid = torch.diagonal(ok.unsqueeze(-1).expand_as(norm), offset=-d, dim1=-2, dim2=-1)[:, 1:]
-        sums[:, d] = (diag * valid).sum(-1).cpu()
-        counts[d] = diag.shape[-1]
-    return sums, counts
+    width = length if max_offset is None else min(max_offset, length - 1) + 1
+    sums = torch.zeros(heads, width, device=block.device)
+    keys = torch.arange(length, device=block.device)
+    for r0, r1 in _row_chunks(length):
+        norm, _ = renormalise_without_first(block[:, r0:r1])
+        delta = torch.arange(r0, r1, device=block.device)[:, None] - keys[None, :]
+        keep = (delta >= 0) & (delta < width) & (keys[None, :] >= 1)
+        index = delta.clamp(0, width - 1).reshape(1, -1).expand(heads, -1)
+        sums.scatter_add_(1, index, (norm * keep).reshape(heads, -1))
+    counts = (length - 1 - torch.arange(width)).clamp(min=0).float()
+    return sums.cpu(), counts
+
+
+def self_and_previous(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """P_h(0) and P_h(1) of the offset profile without building it: [H, L, L] -> ([H], [H])."""
+    length = block.shape[-1]
+    rest = (1.0 - block[:, :, 0]).clamp(min=1e-6)
+    diag0 = torch.diagonal(block, 0, -2, -1)[:, 1:] / rest[:, 1:]
+    p0 = diag0.sum(-1) / max(length - 1, 1)
+    if length < 3:
+        return p0.cpu(), torch.zeros_like(p0).cpu()
+    diag1 = torch.diagonal(block, -1, -2, -1)[:, 1:] / rest[:, 2:]
+    p1 = diag1.sum(-1) / (length - 2)
+    return p0.cpu(), p1.cpu()
 
 
 def row_jsd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence in bits between matching rows: [..., L] -> [...], in [0, 1]."""
-    m = 0.5 * (p + q)
-    kl_p = torch.special.xlogy(p, p) - torch.special.xlogy(p, m)
-    kl_q = torch.special.xlogy(q, q) - torch.special.xlogy(q, m)
-    return (0.5 * (kl_p + kl_q)).sum(-1).clamp(min=0) / math.log(2)
+    """Jensen-Shannon divergence in bits between matching rows: [H, L, L] -> [H, L], in [0, 1]."""
+    out = []
+    for r0, r1 in _row_chunks(p.shape[-2]):
+        a, b = p[:, r0:r1], q[:, r0:r1]
+        m = 0.5 * (a + b)
+        kl_a = torch.special.xlogy(a, a) - torch.special.xlogy(a, m)
+        kl_b = torch.special.xlogy(b, b) - torch.special.xlogy(b, m)
+        out.append((0.5 * (kl_a + kl_b)).sum(-1).clamp(min=0) / math.log(2))
+    return torch.cat(out, dim=-1)
 
 
-def offset_prediction(profile: torch.Tensor, length: int) -> torch.Tensor:
+def offset_prediction(profile: torch.Tensor, queries: torch.Tensor, length: int) -> torch.Tensor:
     """Rows predicted from an offset profile: pred[h, i, j] ∝ P_h(i - j) for 1 <= j <= i."""
-    heads, width = profile.shape
-    idx = torch.arange(length)
-    delta = idx[:, None] - idx[None, :]
-    allowed = (delta >= 0) & (idx[None, :] >= 1)
-    delta = delta.clamp(min=0, max=width - 1)
-    pred = profile[:, delta] * allowed
-    pred = pred / pred.sum(-1, keepdim=True).clamp(min=1e-12)
-    return pred
+    width = profile.shape[-1]
+    keys = torch.arange(length, device=profile.device)
+    delta = queries[:, None] - keys[None, :]
+    allowed = (delta >= 0) & (keys[None, :] >= 1)
+    pred = profile[:, delta.clamp(0, width - 1)] * allowed
+    return pred / pred.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
 def position_dependence(block: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
@@ -65,14 +87,22 @@ def position_dependence(block: torch.Tensor, profile: torch.Tensor) -> torch.Ten
     head's offset profile alone would give. 1 = attention is fully determined by relative
     offset; 0 = offset explains none of it. [H, L, L] -> [H].
     """
-    length = block.shape[-1]
+    heads, length, _ = block.shape
     if length < 3:
-        return torch.full((block.shape[0],), float("nan"))
-    norm, ok = renormalise_without_first(block)
-    pred = offset_prediction(profile.to(block.device), length)
-    tv = 0.5 * (norm - pred).abs().sum(-1)  # [H, L]
-    rows = ok[:, 2:]
-    return 1.0 - (tv[:, 2:] * rows).sum(-1).cpu() / rows.sum(-1).clamp(min=1).cpu()
+        return torch.full((heads,), float("nan"))
+    profile = profile.to(block.device)
+    tv_sum = torch.zeros(heads, device=block.device)
+    rows = torch.zeros(heads, device=block.device)
+    for r0, r1 in _row_chunks(length):
+        r0 = max(r0, 2)
+        if r0 >= r1:
+            continue
+        norm, ok = renormalise_without_first(block[:, r0:r1])
+        pred = offset_prediction(profile, torch.arange(r0, r1, device=block.device), length)
+        tv = 0.5 * (norm - pred).abs().sum(-1)
+        tv_sum += (tv * ok).sum(-1)
+        rows += ok.sum(-1)
+    return (1.0 - tv_sum / rows.clamp(min=1)).cpu()
 
 
 def rotary_pairs(x: torch.Tensor, n_pairs: int) -> torch.Tensor:
@@ -100,3 +130,25 @@ def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
     nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(nll.dtype)
     return nll * valid
+
+
+def chunked_nll(model, hidden: torch.Tensor, batch, chunk: int = 256) -> tuple[float, int]:
+    """(sum, count) of next-token NLL from the final normalised hidden state, unembedding
+    ``chunk`` positions at a time (Gemma-3's 262k vocabulary would need GBs at once)."""
+    head = model.hf_model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    softcap = getattr(model.hf_model.config, "final_logit_softcapping", None)
+    total, count = 0.0, 0
+    width = hidden.shape[1]
+    for c0 in range(0, width - 1, chunk):
+        c1 = min(width - 1, c0 + chunk)
+        logits = torch.nn.functional.linear(hidden[:, c0:c1].float(), weight.float(), None if bias is None else bias.float())
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        logp = torch.log_softmax(logits, dim=-1)
+        target = batch.input_ids[:, c0 + 1 : c1 + 1]
+        nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        valid = (batch.attention_mask[:, c0 + 1 : c1 + 1] * batch.attention_mask[:, c0:c1]).to(nll.dtype)
+        total += float((nll * valid).sum())
+        count += int(valid.sum())
+    return total, count

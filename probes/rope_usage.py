@@ -33,7 +33,7 @@ from posbench import data as pdata
 from posbench.errors import BadOptionError, PosbenchError
 from posbench.interventions.rope_bands import RopePositionFree
 from posbench.protocols import Probe, ProbeResult
-from posbench.reduce import next_token_nll, renormalise_without_first, rotary_pairs
+from posbench.reduce import chunked_nll, rotary_pairs, self_and_previous
 
 
 @dataclass
@@ -96,9 +96,9 @@ class RopeUsageProbe(Probe):
                     for b in range(batch.size):
                         cols = batch.real_columns(b)
                         blk = pat[b, :, cols, cols]  # [H, Lb, Lb]
-                        norm, _ = renormalise_without_first(blk)
-                        acc["p0"][layer] += torch.diagonal(norm, 0, -2, -1)[:, 1:].mean(-1).cpu()
-                        acc["p1"][layer] += torch.diagonal(norm, -1, -2, -1)[:, 1:].mean(-1).cpu()
+                        p0, p1 = self_and_previous(blk)
+                        acc["p0"][layer] += p0
+                        acc["p1"][layer] += p1
                         acc["first"][layer] += blk[:, 1:, 0].mean(-1).cpu()
                         if layer == 0:
                             acc["rows"] += 1
@@ -124,17 +124,20 @@ class RopeUsageProbe(Probe):
 
                 return hook
 
+            def loss(hidden, hook):
+                nonlocal nll_sum, nll_n
+                total, count = chunked_nll(model, hidden.detach(), batch)
+                nll_sum, nll_n = nll_sum + total, nll_n + count
+                return hidden
+
             hooks = []
             for layer in range(L):
                 if full_stats:
                     hooks.append((model.hook_name("rot_q", layer), keep("q")))
                     hooks.append((model.hook_name("rot_k", layer), keep("k")))
                 hooks.append((model.hook_name("pattern", layer), reduce(layer)))
-            logits = model.forward(batch, hooks, logits=True)
-            nll = next_token_nll(logits, batch.input_ids, batch.attention_mask)
-            nll_sum += float(nll.sum())
-            nll_n += int((batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).sum())
-            del logits
+            hooks.append(("unembed.hook_in", loss))
+            model.forward(batch, hooks, logits=False)
             bar.update(len(chunk))
         rows = max(acc["rows"], 1)
         for key in ("p0", "p1", "first"):
