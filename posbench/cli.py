@@ -164,9 +164,14 @@ def cmd_report(args) -> int:
 
     store = Store(args.store)
     model = load_model(args.model, progress=_progress_printer)
-    results = []
+    results, skipped = [], {}
     for name, probe_cls in probes().items():
         if not probe_cls.reported:
+            continue
+        reason = probe_cls.not_applicable(model)
+        if reason:
+            skipped[name] = reason
+            _say(f"posbench: skipping {name}: {reason}")
             continue
         probe = probe_cls()
         run_id = None if args.rerun else store.latest(model.model_id, name, probe.get_params(), [])
@@ -179,7 +184,7 @@ def cmd_report(args) -> int:
             result = store.load(run_id)
         results.append(result)
     out = Path(args.out) if args.out else Path("posbench-report") / model.model_id.replace("/", "__")
-    index = write_report(model.card, results, out, log=_progress_printer)
+    index = write_report(model.card, results, out, log=_progress_printer, skipped=skipped)
     print(index)
     return 0
 

@@ -180,6 +180,11 @@ class Probe(ABC):
     def check_config(self) -> None:
         """Raise BadOptionError for impossible settings."""
 
+    @classmethod
+    def not_applicable(cls, model: "HookedModel") -> str | None:
+        """Why this probe cannot run on ``model`` (None if it can): reports skip such probes."""
+        return None
+
     def get_params(self) -> dict[str, Any]:
         """The configuration as JSON-native values (tuples become lists), as stored."""
         return json.loads(json.dumps(dataclasses.asdict(self.config), default=str))
@@ -223,4 +228,9 @@ class Probe(ABC):
 
     @classmethod
     def figures(cls, result: ProbeResult) -> dict[str, "go.Figure"]:
+        return {}
+
+    @classmethod
+    def report_tables(cls, result: ProbeResult) -> dict[str, pd.DataFrame]:
+        """Small tables worth reading in a report (the full tables go to CSV)."""
         return {}

@@ -32,6 +32,11 @@ def _section(result: ProbeResult) -> str:
     if result.interventions:
         parts.append(f"<p><b>Interventions:</b> {html.escape(json.dumps(result.interventions))}</p>")
     parts.append(result.summary_frame().to_html(index=False, classes="summary", border=0))
+    from .registry import get_probe
+
+    for title, frame in get_probe(result.probe).report_tables(result).items():
+        parts.append(f"<h3>{html.escape(title)}</h3>")
+        parts.append(frame.to_html(index=False, border=0) if len(frame) else "<p>none</p>")
     for name, fig in result.figures.items():
         fig.update_layout(template="plotly_white", height=420, margin={"t": 60, "l": 60, "r": 20, "b": 50})
         parts.append(f'<div class="figure" data-figure="{html.escape(name)}">')
@@ -48,6 +53,7 @@ def write_report(
     results: Sequence[ProbeResult],
     out_dir: str | Path,
     log: Callable[[str], None] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> Path:
     """Write ``index.html``, ``results.json`` and ``tables/*.csv`` into ``out_dir``."""
     from plotly.offline import get_plotlyjs
@@ -55,6 +61,10 @@ def write_report(
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     sections = "\n".join(_section(r) for r in results)
+    if skipped:
+        sections += "\n<section><h2>Not run</h2><ul>" + "".join(
+            f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in skipped.items()
+        ) + "</ul></section>"
     toc = " · ".join(f'<a href="#{html.escape(r.probe)}">{html.escape(r.probe)}</a>' for r in results)
     page = _TEMPLATE.read_text(encoding="utf-8")
     page = (
@@ -83,6 +93,7 @@ def write_report(
             }
             for r in results
         },
+        "skipped": skipped or {},
     }
     (out / "results.json").write_text(json.dumps(machine, indent=1, default=str), encoding="utf-8")
     for r in results:

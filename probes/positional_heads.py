@@ -229,6 +229,16 @@ class PositionalHeadsProbe(Probe):
                        "bos_prepended": model.card.adds_bos}
         return tables, summary, data_record
 
+    @classmethod
+    def report_tables(cls, result: ProbeResult):
+        heads = result.tables["heads"]
+        cols = ["layer", "head", "kv_head", "class", "top_offset_random", "top_score_random", "top_score_natural",
+                "content_invariance", "pds", "first_token_mass"]
+        positional = heads[heads["class"].isin(POSITIONAL_CLASSES)][cols].round(3)
+        induction = heads[heads.induction][["layer", "head", "kv_head", "induction_score", "duplicate_score", "class"]].round(3)
+        counts = heads["class"].value_counts().rename_axis("class").reset_index(name="heads")
+        return {"head classes": counts, "positional heads": positional, "induction heads": induction}
+
     # ------------------------------------------------------------------ figures
     @classmethod
     def figures(cls, result: ProbeResult):
@@ -242,7 +252,7 @@ class PositionalHeadsProbe(Probe):
         ):
             grid = heads.pivot(index="layer", columns="head", values=col)
             figs[col] = px.imshow(grid, origin="lower", aspect="auto", zmin=0, zmax=1, color_continuous_scale=scale,
-                                  labels={"x": "head", "y": "layer", "color": col}, title=title)
+                                  labels={"x": "head", "y": "layer", "color": col}, title=title).update_xaxes(dtick=1)
         figs["classes"] = px.scatter(
             heads, x="head", y="layer", color="class", symbol="class",
             hover_data=["kv_head", "top_offset_random", "top_score_random", "pds", "content_invariance",

@@ -55,6 +55,12 @@ class RopeUsageProbe(Probe):
     summary = "rotary frequency usage per head (q/k norms, exact per-pair score shares) and p-RoPE band effects"
     Config = RopeUsageConfig
 
+    @classmethod
+    def not_applicable(cls, model):
+        if model.card.position_encoding != "rope":
+            return f"{model.model_id} uses {model.card.position_encoding} positions, not RoPE"
+        return None
+
     def check_config(self) -> None:
         c = self.config
         if c.seq_len < 4 or c.n_sequences < 1 or c.batch_size < 1:
@@ -269,6 +275,28 @@ class RopeUsageProbe(Probe):
         for _, row in effects.iterrows():
             out[f"loss[{row.condition}]"] = round(float(row.loss), 4)
         return out
+
+    @classmethod
+    def report_tables(cls, result: ProbeResult):
+        pairs = result.tables["pairs"]
+        rows = []
+        for (span, base), g in pairs.groupby(["span", "rope_base"], sort=False):
+            layers = sorted(g.layer.unique())
+            one = g[g.layer == layers[0]].sort_values("pair")
+            picks = sorted({0, len(one) // 4, len(one) // 2, (3 * len(one)) // 4, len(one) - 1})
+            for _, r in one.iloc[picks].iterrows():
+                rows.append({
+                    "layers": f"{len(layers)} layers (e.g. {layers[0]})", "RoPE base": f"{base:g}", "span (tokens)": int(span),
+                    "pair": int(r.pair), "rad/token": f"{r.inv_freq:.3g}", "wavelength (tokens)": f"{r.wavelength:,.0f}",
+                    "wavelength / span": f"{r.wavelength / span:.3g}", "turn across span (rad)": f"{r.rotation_over_span:.3g}",
+                    "position-free in span": bool(r.position_free_in_span),
+                })
+        kinds = result.tables["heads"].groupby("kind").agg(
+            heads=("head", "size"), q_norm_share_low_quarter=("q_norm_share_low_quarter", "mean"),
+            q_norm_share_high_quarter=("q_norm_share_high_quarter", "mean"),
+            top_key_share_high_freq=("top_key_share_high_freq", "mean")).round(3).reset_index()
+        effects = result.tables["band_effects"][["condition", "loss", "delta_loss", "positional_head_score", "delta_positional_score"]].round(4)
+        return {"frequency against span": pd.DataFrame(rows), "bands by head kind": kinds, "p-RoPE band interventions": effects}
 
     # ------------------------------------------------------------------ figures
     @classmethod

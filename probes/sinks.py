@@ -381,7 +381,7 @@ class SinkProbe(Probe):
             grid, origin="lower", aspect="auto", zmin=0, zmax=1, color_continuous_scale="Viridis",
             labels={"x": "head", "y": "layer", "color": "mass"},
             title=f"Attention mass on the first token per head ({kind} text, alpha_0)",
-        )
+        ).update_xaxes(dtick=1)
         ls = result.tables["layer_sink_rate"]
         ls0 = ls[ls.key_pos == 0]
         figs["sink_rate_by_layer"] = px.line(
