@@ -189,6 +189,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from .app import create_app
+    from .store import default_store_path
+
+    path = Path(args.store) if args.store else default_store_path()
+    app = create_app(path)
+    _say(f"posbench: dashboard for {path} on http://{args.host}:{args.port}/")
+    app.run(host=args.host, port=args.port, debug=False)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .registry import interventions, probes
@@ -243,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--rerun", action="store_true", help="run the probes again even if stored")
     p_rep.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p_rep.set_defaults(func=cmd_report)
+
+    p_dash = sub.add_parser("dashboard", help="browse stored runs in the browser (Dash)",
+                            description="Serve the posbench dashboard over a results store (read-only).")
+    p_dash.add_argument("--store", help="results database")
+    p_dash.add_argument("--host", default="127.0.0.1")
+    p_dash.add_argument("--port", type=int, default=8050)
+    p_dash.set_defaults(func=cmd_dashboard)
     return parser
 
 

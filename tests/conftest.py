@@ -32,3 +32,16 @@ def gemma():
 @pytest.fixture(params=["smollm2-135m-instruct", "gemma-3-270m"], scope="session")
 def embedded(request):
     return request.getfixturevalue({"smollm2-135m-instruct": "smollm2", "gemma-3-270m": "gemma"}[request.param])
+
+
+def pytest_setup_options():
+    """dash_duo's browser: Debian's headless Chromium, no network chatter."""
+    from selenium.webdriver.chrome.options import Options
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download drivers
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        options.add_argument(arg)
+    return options

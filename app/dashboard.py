@@ -1,0 +1,106 @@
+"""Dash layout and callbacks."""
+
+from __future__ import annotations
+
+import json
+
+import dash
+from dash import Input, Output, dash_table, dcc, html
+
+from posbench.registry import get_probe
+
+from .service import ResultsService
+
+
+def _table(frame, table_id: str | None = None, page_size: int = 12):
+    kwargs = {"id": table_id} if table_id else {}
+    return dash_table.DataTable(
+        data=frame.to_dict("records"),
+        columns=[{"name": str(c), "id": str(c)} for c in frame.columns],
+        page_size=page_size,
+        style_table={"overflowX": "auto"},
+        style_cell={"fontFamily": "system-ui, sans-serif", "fontSize": 13, "textAlign": "left", "padding": "4px"},
+        **kwargs,
+    )
+
+
+def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
+    """A Dash app over one results store. Runs appear as writers add them (WAL snapshot reads)."""
+    service = ResultsService(store_path)
+    app = dash.Dash(__name__, title="posbench", suppress_callback_exceptions=True)
+    app.layout = html.Div(
+        style={"fontFamily": "system-ui, sans-serif", "margin": "1rem 2rem"},
+        children=[
+            html.H1("posbench", style={"marginBottom": 0}),
+            html.Div(f"results store: {service.store_path}", id="store-path", style={"color": "#666"}),
+            dcc.Interval(id="refresh", interval=refresh_ms),
+            html.Div(
+                style={"display": "flex", "gap": "1rem", "margin": "1rem 0"},
+                children=[
+                    dcc.Dropdown(id="model-filter", placeholder="all models", style={"width": "22rem"}),
+                    dcc.Dropdown(id="probe-filter", placeholder="all probes", style={"width": "16rem"}),
+                ],
+            ),
+            dash_table.DataTable(
+                id="runs",
+                columns=[{"name": c, "id": c} for c in
+                         ("run_id", "created_at", "model_id", "probe", "interventions", "data_digest")],
+                row_selectable="single",
+                page_size=10,
+                sort_action="native",
+                style_cell={"fontFamily": "system-ui, sans-serif", "fontSize": 13, "textAlign": "left"},
+            ),
+            html.Div(id="run-view", style={"marginTop": "1.5rem"}),
+        ],
+    )
+
+    @app.callback(
+        Output("model-filter", "options"), Output("probe-filter", "options"), Input("refresh", "n_intervals")
+    )
+    def refresh_choices(_):
+        models, probes = service.choices()
+        return models, probes
+
+    @app.callback(
+        Output("runs", "data"),
+        Output("runs", "selected_rows"),
+        Input("model-filter", "value"),
+        Input("probe-filter", "value"),
+        Input("refresh", "n_intervals"),
+        dash.State("runs", "selected_rows"),
+        dash.State("runs", "data"),
+    )
+    def list_runs(model, probe, _tick, selected, previous):
+        frame = service.runs(model, probe)
+        records = frame.to_dict("records")
+        if previous and selected:  # keep the selected run selected across refreshes
+            chosen = previous[selected[0]]["run_id"] if selected[0] < len(previous) else None
+            ids = [r["run_id"] for r in records]
+            return records, [ids.index(chosen)] if chosen in ids else ([0] if records else [])
+        return records, [0] if records else []
+
+    @app.callback(Output("run-view", "children"), Input("runs", "selected_rows"), Input("runs", "data"))
+    def show_run(selected, rows):
+        if not rows or not selected or selected[0] >= len(rows):
+            return html.P("No runs yet: `posbench run sinks --model smollm2-135m-instruct` stores one.", id="empty")
+        result = service.result(rows[selected[0]]["run_id"])
+        parts = [
+            html.H2(result.title(), id="run-title"),
+            html.Div(
+                f"run {result.run_id} · {result.metadata.get('started_at', '')} · attention "
+                f"{result.metadata.get('attn_implementation')} · weights {result.metadata.get('weights')}",
+                style={"color": "#666"},
+            ),
+        ]
+        if result.interventions:
+            parts.append(html.P("Interventions: " + json.dumps(result.interventions), id="run-interventions"))
+        parts.append(html.H3("Summary"))
+        parts.append(_table(result.summary_frame(), "summary", page_size=40))
+        for title, frame in get_probe(result.probe).report_tables(result).items():
+            parts.append(html.H3(title))
+            parts.append(_table(frame))
+        for name, fig in result.figures.items():
+            parts.append(dcc.Graph(id=f"fig-{name}", figure=fig))
+        return parts
+
+    return app

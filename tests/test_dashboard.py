@@ -1,0 +1,49 @@
+"""The dashboard in a real headless Chromium (dash[testing]'s dash_duo + Debian's chromium)."""
+
+import shutil
+
+import pytest
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs Debian's chromium-driver"),
+]
+
+
+@pytest.fixture
+def stored(tmp_path, tiny_llama):
+    from posbench.interventions.head_ablation import HeadAblation
+    from posbench.probes.sinks import SinkProbe
+    from posbench.store import Store
+
+    store = Store(tmp_path / "results.sqlite")
+    plain = store.save(SinkProbe(n_sequences=2).run(tiny_llama))
+    ablated = store.save(SinkProbe(n_sequences=2).run(tiny_llama, interventions=[HeadAblation([(1, 2)])]))
+    return store, plain, ablated
+
+
+def test_dashboard_lists_runs_and_shows_a_run(dash_duo, stored, tiny_llama):
+    from posbench.app import create_app
+    from posbench.probes.positional_heads import PositionalHeadsProbe
+
+    store, plain, ablated = stored
+    app = create_app(store.path, refresh_ms=500)
+    dash_duo.start_server(app)
+    dash_duo.wait_for_text_to_equal("#runs tbody tr:nth-child(2) td:nth-child(2)", ablated, timeout=20)
+    dash_duo.wait_for_contains_text("#run-title", "sinks on tiny-llama under ablate-heads", timeout=20)
+    dash_duo.wait_for_element("#fig-first_token_mass .main-svg", timeout=20)
+    assert "ablate-heads" in dash_duo.find_element("#run-interventions").text
+    # choose the other run
+    dash_duo.find_elements("#runs tbody input[type=radio]")[1].click()
+    dash_duo.wait_for_text_to_equal("#run-title", "sinks on tiny-llama", timeout=20)
+    # a writer adds a run while the dashboard is open: it appears on the next refresh
+    store.save(PositionalHeadsProbe(n_random=2, n_natural=2, n_repeated=1).run(tiny_llama))
+    dash_duo.wait_for_contains_text("#runs", "positional-heads", timeout=20)
+    assert dash_duo.get_logs() in ([], None)
+
+
+def test_dashboard_with_an_empty_store(dash_duo, tmp_path):
+    from posbench.app import create_app
+
+    dash_duo.start_server(create_app(tmp_path / "none.sqlite"))
+    dash_duo.wait_for_contains_text("#empty", "No runs yet", timeout=20)
