@@ -31,6 +31,7 @@ class ModelCard:
     dtype: str = "float32"
     attn_implementation: str = "eager"
     weights: str = "unprocessed"  # no layer-norm folding or centring (see docs/architecture.md)
+    attn_has_qk_norm: bool = False  # q/k normalised per head before RoPE (Gemma 3, Qwen 3, OLMo 2)
 
     @property
     def gqa_group_size(self) -> int:
@@ -111,8 +112,10 @@ def build_card(model_id: str, source: str, hf_model, tokenizer) -> ModelCard:
             p = params.get(ltype, params) if isinstance(params.get(ltype), dict) else params
             rope_bases[layer] = float(p.get("rope_theta")) if p.get("rope_theta") else None
             rope_types[layer] = p.get("rope_type", "default")
-        factor = getattr(text_config, "partial_rotary_factor", None) or params.get(
-            "partial_rotary_factor", 1.0
+        factor = (
+            getattr(text_config, "partial_rotary_factor", None)
+            or getattr(text_config, "rotary_pct", None)
+            or params.get("partial_rotary_factor", 1.0)
         )
         rotary_dims = int(head_dim * float(factor))
 
@@ -151,4 +154,5 @@ def build_card(model_id: str, source: str, hf_model, tokenizer) -> ModelCard:
         n_params=sum(p.numel() for p in hf_model.parameters()),
         dtype=dtype,
         attn_implementation=getattr(config, "_attn_implementation", None) or "eager",
+        attn_has_qk_norm=any(n.endswith(("q_norm", "query_layernorm")) for n, _ in hf_model.named_modules()),
     )

@@ -95,6 +95,7 @@ class HookedModel:
         self.model_id = model_id
         self.card: ModelCard = build_card(model_id, source, hf_model, tokenizer)
         self._interventions: list["Intervention"] = []
+        self._fires: dict[str, bool] = {}
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -122,6 +123,63 @@ class HookedModel:
     def hook_name(self, kind: str, layer: int) -> str:
         return HOOKS[kind].format(layer=layer)
 
+    def has_hook(self, name: str) -> bool:
+        """Whether ``name`` is a hook point that actually fires in a forward pass (some bridge
+        components list hook points they never call, e.g. hook_rot_q on GPT-NeoX)."""
+        if name not in self.bridge.hook_dict:
+            return False
+        if name not in self._fires:
+            fired = []
+            tiny = self.batch([[self.tokenizer.pad_token_id or 0] * 2])
+            self.forward(tiny, [(name, lambda x, hook: fired.append(1) or x)], logits=False)
+            self._fires[name] = bool(fired)
+        return self._fires[name]
+
+    def rotated_qk_hooks(self, layer: int, sink: Callable[[str, torch.Tensor], None]) -> list[Hook]:
+        """Hooks that hand ``sink("q" | "k", tensor [batch, pos, heads, d_head])`` the post-RoPE
+        q and k of ``layer``: the bridge's hook_rot_q/k where it has them, otherwise (GPT-NeoX
+        style components) q/k rotated here with the layer's own cos/sin (rotate-half layout,
+        first ``rotary_dims`` dims only)."""
+
+        def keep(key):
+            def hook(x, hook):
+                sink(key, x.detach().float())
+                return x
+
+            return hook
+
+        if self.has_hook(self.hook_name("rot_q", layer)):
+            return [(self.hook_name("rot_q", layer), keep("q")), (self.hook_name("rot_k", layer), keep("k"))]
+        if self.card.attn_has_qk_norm:
+            raise PosbenchError(
+                f"{self.model_id}: the bridge exposes no post-RoPE q/k and the model normalises q/k "
+                "before RoPE, so rotated q/k cannot be rebuilt here"
+            )
+        cache: dict[str, torch.Tensor] = {}
+
+        def keep_raw(key):
+            def hook(x, hook):
+                cache[key] = x.detach().float()
+                if key == "sin":
+                    r = cache["cos"].shape[-1]
+                    cos, sin = cache["cos"][:, :, None, :], cache["sin"][:, :, None, :]
+                    for name in ("q", "k"):
+                        x_ = cache[name]
+                        rot, rest = x_[..., :r], x_[..., r:]
+                        half = r // 2
+                        rotated = rot * cos + torch.cat([-rot[..., half:], rot[..., :half]], dim=-1) * sin
+                        sink(name, torch.cat([rotated, rest], dim=-1))
+                return x
+
+            return hook
+
+        return [
+            (self.hook_name("q", layer), keep_raw("q")),
+            (self.hook_name("k", layer), keep_raw("k")),
+            (f"blocks.{layer}.attn.hook_cos", keep_raw("cos")),
+            (f"blocks.{layer}.attn.hook_sin", keep_raw("sin")),
+        ]
+
     def rotary_inv_freq(self, layer: int) -> torch.Tensor | None:
         """The layer's own RoPE ``inv_freq`` (rad/token per rotary pair), or None without RoPE.
 
@@ -146,7 +204,7 @@ class HookedModel:
         """The factor the layer multiplies q.k by before the softmax (1/sqrt(d_head) unless the
         model says otherwise, e.g. Gemma 3's query_pre_attn_scalar)."""
         for name, module in self.hf_model.named_modules():
-            if name.endswith(f"layers.{layer}.self_attn") or name.endswith(f"h.{layer}.attn"):
+            if name.endswith((f"layers.{layer}.self_attn", f"layers.{layer}.attention", f"h.{layer}.attn")):
                 scale = getattr(module, "scaling", None)
                 if scale is not None:
                     return float(scale)

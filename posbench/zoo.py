@@ -55,6 +55,12 @@ ZOO: dict[str, ZooEntry] = {
         "built in code (seed 0)",
         "tiny",
     ),
+    "tiny-neox": ZooEntry(
+        "tiny-neox",
+        "seeded random-init GPT-NeoX (partial RoPE: 8 of 16 head dims rotate, 2 layers, 4 heads), byte tokenizer with BOS",
+        "built in code (seed 0)",
+        "tiny",
+    ),
     "tiny-gpt2": ZooEntry(
         "tiny-gpt2",
         "seeded random-init GPT-2 (learned absolute positions, 2 layers, 4 heads), byte tokenizer without BOS",
@@ -183,7 +189,14 @@ def byte_tokenizer(add_bos: bool):
 def build_tiny(alias: str, seed: int = 0):
     """Seeded random-init tiny models for fast tests: ``(hf_model, tokenizer)``."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     vocab_size = 256 + len(BYTE_SPECIALS)
     torch.manual_seed(seed)
@@ -205,6 +218,22 @@ def build_tiny(alias: str, seed: int = 0):
             attn_implementation="eager",
         )
         model = LlamaForCausalLM(config)
+        tokenizer = byte_tokenizer(add_bos=True)
+    elif alias == "tiny-neox":
+        config = GPTNeoXConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            rotary_pct=0.5,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            attn_implementation="eager",
+        )
+        model = GPTNeoXForCausalLM(config)
         tokenizer = byte_tokenizer(add_bos=True)
     elif alias == "tiny-gpt2":
         config = GPT2Config(

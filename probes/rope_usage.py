@@ -89,13 +89,6 @@ class RopeUsageProbe(Probe):
             batch = model.batch(chunk, c.padding_side)
             stash: dict[str, torch.Tensor] = {}
 
-            def keep(key):
-                def hook(x, hook):
-                    stash[key] = x.detach().float()
-                    return x
-
-                return hook
-
             def reduce(layer):
                 def hook(pattern, hook):
                     pat = pattern.detach().float()
@@ -139,8 +132,7 @@ class RopeUsageProbe(Probe):
             hooks = []
             for layer in range(L):
                 if full_stats:
-                    hooks.append((model.hook_name("rot_q", layer), keep("q")))
-                    hooks.append((model.hook_name("rot_k", layer), keep("k")))
+                    hooks.extend(model.rotated_qk_hooks(layer, stash.__setitem__))
                 hooks.append((model.hook_name("pattern", layer), reduce(layer)))
             hooks.append(("unembed.hook_in", loss))
             model.forward(batch, hooks, logits=False)

@@ -20,6 +20,11 @@ def tiny_gpt2():
 
 
 @pytest.fixture(scope="session")
+def tiny_neox():
+    return posbench.load_model("tiny-neox")
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     return posbench.load_model("smollm2-135m-instruct")
 

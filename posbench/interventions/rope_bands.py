@@ -166,6 +166,11 @@ class RopeBandZero(_RopeBand):
 
     def validate(self, model) -> None:
         super().validate(model)
+        if not model.has_hook(model.hook_name("rot_q", 0)):
+            raise PosbenchError(
+                f"rope-zero-band needs post-RoPE q/k hook points, which the bridge does not expose for "
+                f"{model.card.architecture}; use rope-position-free, which edits cos/sin"
+            )
         if self.heads is not None and (min(self.heads) < 0 or max(self.heads) >= model.n_heads):
             raise HeadIndexError(f"head out of range: {model.model_id} has {model.n_heads} query heads (0-{model.n_heads - 1})")
 
