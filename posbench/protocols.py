@@ -132,7 +132,8 @@ class ProbeResult:
             )
         parts.append(self.summary_frame().to_html(index=False))
         for i, fig in enumerate(self.figures.values()):
-            parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False))
+            # plotly.js inline with the first figure: renders in an offline notebook too
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
         tables = ", ".join(f"{k} ({len(v)} rows)" for k, v in self.tables.items())
         parts.append(f"<p>Tables: {html.escape(tables)}; data digest {self.data_digest}</p>")
         return "\n".join(parts)
