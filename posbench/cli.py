@@ -111,14 +111,23 @@ def _prepare_run(args, probe_name: str):
     from .store import Store
 
     probe_cls = get_probe(probe_name)
+    fields = {f.name for f in dataclasses.fields(probe_cls.Config)}
     options = parse_options(probe_cls, args.option or [])
     texts, data_options = _load_data(getattr(args, "data", None))
+    if data_options and "inputs" not in fields:
+        raise BadOptionError(
+            f"--data input kinds apply to the sinks probe; give '{probe_cls.name}' a .txt or .jsonl file of texts"
+        )
     options.update(data_options)
-    for key in ("n", "seq_len"):
-        value = getattr(args, key, None)
-        if value is not None:
-            target = {"n": "n_sequences"}.get(key, key)
-            options.update(parse_options(probe_cls, [f"{target}={value}"]))
+    if args.seq_len is not None:
+        options.update(parse_options(probe_cls, [f"seq_len={args.seq_len}"]))
+    if args.n is not None:  # sequences per input kind, whatever the probe calls it
+        targets = [f for f in ("n_sequences", "n_natural", "n_random") if f in fields]
+        if not targets:
+            raise BadOptionError(f"--n does not apply to probe '{probe_cls.name}'")
+        for field in targets:
+            value = args.n + (args.n % 2 if field == "n_random" else 0)  # random sequences come in pairs
+            options.update(parse_options(probe_cls, [f"{field}={value}"]))
     probe = probe_cls(**options)
     interventions = [parse_intervention(s) for s in (args.intervention or [])]
     store = Store(args.store)  # fails now if unwritable, before any compute

@@ -225,8 +225,9 @@ class PositionalHeadsProbe(Probe):
         ) or "none"
         summary["mean_pds"] = round(float(heads.pds.mean()), 4)
         summary["mean_content_invariance"] = round(float(heads.content_invariance.mean()), 4)
-        data_record = {"natural": natural, "random": randoms, "repeated": repeated, "seq_len": c.seq_len,
-                       "bos_prepended": model.card.adds_bos}
+        data_record = {"tokens": {"natural": natural, "random": randoms, "repeated": repeated},
+                       "sequences": {"natural": len(natural), "random": len(randoms), "repeated": len(repeated)},
+                       "seq_len": c.seq_len, "bos_prepended": model.card.adds_bos}
         return tables, summary, data_record
 
     @classmethod

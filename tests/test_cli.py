@@ -39,7 +39,13 @@ def test_run_runs_report(tmp_path, store, capsys):
     assert "cdn.plot.ly" not in page.split("</head>")[1], "the report must open offline"
     machine = json.loads((out / "results.json").read_text())
     assert machine["model"]["n_layers"] == 2 and "sink_rate_natural_pct" in machine["probes"]["sinks"]["summary"]
+    assert set(machine["probes"]) == {"sinks", "positional-heads", "rope-usage"}
+    assert "Offset profiles" in page and "frequency against span" in page
     assert (out / "tables" / "sinks__head_mass.csv").exists()
+    assert main(["run", "positional-heads", "-m", "tiny-llama", "--store", str(store), "--n", "3", "-q",
+                 "-i", "rope-position-free:0.5,highest"]) == 0
+    newest = Store(store).runs().iloc[0]
+    assert newest.probe == "positional-heads" and newest.config["n_random"] == 4 and newest.config["n_natural"] == 3
     n_runs = len(Store(store).runs())
     assert main(["report", "--model", "tiny-llama", "--store", str(store), "--out", str(out), "-q"]) == 0
     assert len(Store(store).runs()) == n_runs, "a second report reuses the stored run"
@@ -58,6 +64,10 @@ BAD_INPUTS = [
     (["run", "sinks", "--model", "tiny-llama", "--data", "{malformed}"], "malformed.jsonl:2: not valid JSON"),
     (["run", "sinks", "--model", "tiny-llama", "--data", "{notext}"], 'no string field "text"'),
     (["run", "sinks", "--model", "tiny-llama", "--data", "natural,images"], "unknown input kind"),
+    (["run", "positional-heads", "--model", "tiny-llama", "--data", "natural"], "give 'positional-heads' a .txt or .jsonl"),
+    (["run", "rope-usage", "--model", "tiny-gpt2"], "rope-usage needs a RoPE model"),
+    (["run", "positional-heads", "--model", "tiny-llama", "--option", "n_random=3"], "n_random must be an even number"),
+    (["run", "rope-usage", "--model", "tiny-llama", "-i", "rope-zero-band:pairs=9"], "rotary pair out of range"),
 ]
 
 
