@@ -50,22 +50,18 @@ def _suggest(name: str, options) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def get_probe(name: str) -> type[Probe]:
-    table = probes()
+def _lookup(table: dict[str, type], name: str, what: str, error: type[Exception]) -> type:
     if name not in table:
-        raise UnknownProbeError(
-            f"unknown probe '{name}': available probes are {', '.join(table)}.{_suggest(name, table)}"
-        )
+        raise error(f"unknown {what} '{name}': available are {', '.join(table)}.{_suggest(name, table)}")
     return table[name]
+
+
+def get_probe(name: str) -> type[Probe]:
+    return _lookup(probes(), name, "probe", UnknownProbeError)
 
 
 def get_intervention(name: str) -> type[Intervention]:
-    table = interventions()
-    if name not in table:
-        raise UnknownInterventionError(
-            f"unknown intervention '{name}': available are {', '.join(table)}.{_suggest(name, table)}"
-        )
-    return table[name]
+    return _lookup(interventions(), name, "intervention", UnknownInterventionError)
 
 
 def parse_intervention(spec: str) -> Intervention:

@@ -69,6 +69,23 @@ def test_per_pair_terms_sum_to_the_score(request, fixture):
     torch.testing.assert_close(terms.sum(-1)[:, causal], seen["scores"][0][:, causal], rtol=1e-4, atol=1e-4)
 
 
+def test_chunked_loss_equals_full_logits_loss(smollm2):
+    from posbench.reduce import chunked_nll, next_token_nll
+
+    batch = smollm2.batch(smollm2.tokenize(["Rotary frequencies carry position.", "Short one"]), "left")
+    full = next_token_nll(smollm2.forward(batch), batch.input_ids, batch.attention_mask)
+    seen = {}
+
+    def hook(hidden, hook):
+        seen["nll"] = chunked_nll(smollm2, hidden, batch, chunk=3)
+        return hidden
+
+    smollm2.forward(batch, [("unembed.hook_in", hook)], logits=False)
+    total, count = seen["nll"]
+    assert count == int((batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).sum())
+    assert total == pytest.approx(float(full.sum()), rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- planted heads
 def test_planted_previous_token_and_offset3_heads_found_and_nothing_else():
     model = posbench.load_model("tiny-llama")
