@@ -93,7 +93,3 @@ def repeated_token_sequences(model: "HookedModel", n: int, length: int, seed: in
     tokens = model.random_tokens(n, 1, gen)
     return _with_bos(model, tokens.expand(n, length))
 
-
-def require_nonempty(seqs: Sequence[Sequence[int]], what: str) -> None:
-    if len(seqs) == 0:
-        raise EmptyDataError(f"{what}: no sequences to run: the data is empty")

@@ -386,7 +386,7 @@ def _boot(hf_model, tokenizer, model_id: str, source: str) -> HookedModel:
     return HookedModel(bridge, hf_model, tokenizer, model_id, source)
 
 
-def _from_pretrained(name: str, dtype, device, source: str) -> HookedModel:
+def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None = None) -> HookedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -394,7 +394,7 @@ def _from_pretrained(name: str, dtype, device, source: str) -> HookedModel:
 
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
-    return _boot(model.to(device), tokenizer, name, source)
+    return _boot(model.to(device), tokenizer, model_id or name, source)
 
 
 def load_model(
@@ -425,7 +425,7 @@ def load_model(
             model, tok = build_tiny(name)
             return _boot(model.to(device=device, dtype=dtype), tok, name, entry.source)
         folder = embedded_checkpoint(name, progress=progress)
-        return _from_pretrained(str(folder), dtype, device, entry.source)._renamed(name)
+        return _from_pretrained(str(folder), dtype, device, entry.source, model_id=name)
 
     if Path(name).expanduser().is_dir():
         return _from_pretrained(str(Path(name).expanduser()), dtype, device, f"local folder {name}")
@@ -446,12 +446,3 @@ def load_model(
             "name and your network, or use a zoo alias / local folder (`posbench models`)"
         ) from err
 
-
-def _renamed(self: HookedModel, model_id: str) -> HookedModel:
-    self.model_id = model_id
-    self.card.model_id = model_id
-    self.card.source = ZOO[model_id].source
-    return self
-
-
-HookedModel._renamed = _renamed  # type: ignore[attr-defined]

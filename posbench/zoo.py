@@ -198,11 +198,12 @@ def build_tiny(alias: str, seed: int = 0):
         LlamaForCausalLM,
     )
 
-    vocab_size = 256 + len(BYTE_SPECIALS)
+    # shared by every tiny model: the byte tokenizer's vocabulary and special ids, eager attention
+    common = dict(vocab_size=256 + len(BYTE_SPECIALS), pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                  attn_implementation="eager")
     torch.manual_seed(seed)
     if alias == "tiny-llama":
         config = LlamaConfig(
-            vocab_size=vocab_size,
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -211,41 +212,30 @@ def build_tiny(alias: str, seed: int = 0):
             head_dim=16,
             max_position_embeddings=512,
             rope_theta=10000.0,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
             tie_word_embeddings=False,
-            attn_implementation="eager",
+            **common,
         )
         model = LlamaForCausalLM(config)
         tokenizer = byte_tokenizer(add_bos=True)
     elif alias == "tiny-neox":
         config = GPTNeoXConfig(
-            vocab_size=vocab_size,
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=4,
             rotary_pct=0.5,
             max_position_embeddings=512,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            attn_implementation="eager",
+            **common,
         )
         model = GPTNeoXForCausalLM(config)
         tokenizer = byte_tokenizer(add_bos=True)
     elif alias == "tiny-gpt2":
         config = GPT2Config(
-            vocab_size=vocab_size,
             n_embd=64,
             n_layer=2,
             n_head=4,
             n_positions=512,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            attn_implementation="eager",
+            **common,
         )
         model = GPT2LMHeadModel(config)
         tokenizer = byte_tokenizer(add_bos=False)

@@ -75,8 +75,7 @@ def key_mass(
 class _Capture:
     """Per-batch reductions filled by the hooks."""
 
-    n_layers: int
-    key_index: torch.Tensor | None = None
+    key_index: torch.Tensor
     mass: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, K]
     resid: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -164,7 +163,7 @@ class SinkProbe(Probe):
             if tracked is not None:
                 t = [tracked[start + i] if tracked[start + i] is not None else 0 for i in range(len(chunk))]
                 key_index = torch.cat([key_index, torch.tensor(t)[:, None]], dim=1)
-            cap = _Capture(model.n_layers, key_index)
+            cap = _Capture(key_index)
             hooks = []
             for layer in range(model.n_layers):
                 hooks.append((model.hook_name("pattern", layer), self._pattern_hook(cap, batch, layer)))
@@ -195,8 +194,6 @@ class SinkProbe(Probe):
 
         def hook(resid: torch.Tensor, hook) -> torch.Tensor:
             x = resid.detach()
-            if isinstance(x, tuple):  # pragma: no cover - some blocks return tuples
-                x = x[0]
             rows = []
             for b in range(batch.size):
                 absx = x[b, batch.real_columns(b)].float().abs()  # [L_b, D]

@@ -129,8 +129,10 @@ class RopePositionFree(_RopeBand):
             idx = torch.tensor(dims + [p + n_pairs for p in dims])
 
             def fix_cos(cos: torch.Tensor, hook, idx=idx) -> torch.Tensor:
+                # cos carries the RoPE attention scaling (1 for default RoPE, != 1 for YaRN);
+                # position 0 holds it unrotated, so a position-free pair keeps that value.
                 out = cos.clone()
-                out[..., idx] = self._magnitude(cos)[..., idx]
+                out[..., idx] = cos[..., :1, idx].abs()
                 return out
 
             def fix_sin(sin: torch.Tensor, hook, idx=idx) -> torch.Tensor:
@@ -141,12 +143,6 @@ class RopePositionFree(_RopeBand):
             hooks.append((f"blocks.{layer}.attn.hook_cos", fix_cos))
             hooks.append((f"blocks.{layer}.attn.hook_sin", fix_sin))
         return hooks
-
-    @staticmethod
-    def _magnitude(cos: torch.Tensor) -> torch.Tensor:
-        # cos carries the RoPE attention scaling (1 for default RoPE, != 1 for YaRN): keep it.
-        return cos[..., :1, :].abs().expand_as(cos) if cos.shape[-2] >= 1 else cos
-
 
 class RopeBandZero(_RopeBand):
     name = "rope-zero-band"
