@@ -73,6 +73,8 @@ def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
     def list_runs(model, probe, _tick, selected, previous):
         frame = service.runs(model, probe)
         records = frame.to_dict("records")
+        if previous is not None and records == previous and (selected or not records):
+            return dash.no_update, dash.no_update  # nothing new: do not re-render the table
         if previous and selected:  # keep the selected run selected across refreshes
             chosen = previous[selected[0]]["run_id"] if selected[0] < len(previous) else None
             ids = [r["run_id"] for r in records]
