@@ -62,7 +62,7 @@ BAD_INPUTS = [
     (["run", "sinks", "--model", "tiny-llama", "--data", "{long}", "--seq-len", "5000"], "context is 512"),
     (["run", "sinks", "--model", "tiny-llama", "--data", "{empty}"], "holds no texts"),
     (["run", "sinks", "--model", "tiny-llama", "--data", "{malformed}"], "malformed.jsonl:2: not valid JSON"),
-    (["run", "sinks", "--model", "tiny-llama", "--data", "{notext}"], 'no string field "text"'),
+    (["run", "sinks", "--model", "tiny-llama", "--data", "{notext}"], 'missing field "text"'),
     (["run", "sinks", "--model", "tiny-llama", "--data", "natural,images"], "unknown input kind"),
     (["run", "positional-heads", "--model", "tiny-llama", "--data", "natural"], "give 'positional-heads' a .txt or .jsonl"),
     (["run", "rope-usage", "--model", "tiny-gpt2"], "rope-usage needs a RoPE model"),

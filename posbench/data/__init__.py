@@ -1,0 +1,23 @@
+"""Datasets and input generators (one dataset per module, behind ``Dataset``).
+
+``datasets/`` in the repository holds the data files only (no ``__init__.py``, so it never
+shadows HuggingFace ``datasets``); it installs as ``posbench/_datasets``. The code that
+generates, loads and validates them lives here. ``datasets()`` lists every registered dataset.
+"""
+
+from __future__ import annotations
+
+from .base import Dataset, Field, data_dir, non_empty, read_text_file
+from .texts import (
+    TextDataset,
+    load_texts,
+    natural_sequences,
+    natural_texts,
+    random_token_sequences,
+    repeated_token_sequences,
+)
+
+__all__ = [
+    "Dataset", "Field", "TextDataset", "data_dir", "load_texts", "natural_sequences", "natural_texts",
+    "non_empty", "random_token_sequences", "repeated_token_sequences", "read_text_file",
+]
