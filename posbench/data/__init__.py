@@ -8,6 +8,7 @@ generates, loads and validates them lives here. ``datasets()`` lists every regis
 from __future__ import annotations
 
 from .base import Dataset, Field, data_dir, non_empty, read_text_file
+from .segments import ScoredItem, SegmentedPrompt
 from .texts import (
     TextDataset,
     load_texts,
@@ -18,6 +19,6 @@ from .texts import (
 )
 
 __all__ = [
-    "Dataset", "Field", "TextDataset", "data_dir", "load_texts", "natural_sequences", "natural_texts",
+    "Dataset", "Field", "ScoredItem", "SegmentedPrompt", "TextDataset", "data_dir", "load_texts", "natural_sequences", "natural_texts",
     "non_empty", "random_token_sequences", "repeated_token_sequences", "read_text_file",
 ]
