@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import dash
 from dash import Input, Output, dash_table, dcc, html
 
-from posbench.registry import get_probe
+from posbench.render import render
 
 from .service import ResultsService
 
@@ -85,23 +83,16 @@ def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
     def show_run(selected, rows):
         if not rows or not selected or selected[0] >= len(rows):
             return html.P("No runs yet: `posbench run sinks --model smollm2-135m-instruct` stores one.", id="empty")
-        result = service.result(rows[selected[0]]["run_id"])
-        parts = [
-            html.H2(result.title(), id="run-title"),
-            html.Div(
-                f"run {result.run_id} · {result.metadata.get('started_at', '')} · attention "
-                f"{result.metadata.get('attn_implementation')} · weights {result.metadata.get('weights')}",
-                style={"color": "#666"},
-            ),
-        ]
-        if result.interventions:
-            parts.append(html.P("Interventions: " + json.dumps(result.interventions), id="run-interventions"))
+        rendered = render(service.result(rows[selected[0]]["run_id"]))
+        parts = [html.H2(rendered.title, id="run-title"), html.Div(rendered.meta, style={"color": "#666"})]
+        if rendered.interventions:
+            parts.append(html.P("Interventions: " + rendered.interventions, id="run-interventions"))
         parts.append(html.H3("Summary"))
-        parts.append(_table(result.summary_frame(), "summary", page_size=40))
-        for title, frame in get_probe(result.probe).report_tables(result).items():
+        parts.append(_table(rendered.summary, "summary", page_size=40))
+        for title, frame in rendered.tables.items():
             parts.append(html.H3(title))
             parts.append(_table(frame))
-        for name, fig in result.figures.items():
+        for name, fig in rendered.figures.items():
             parts.append(dcc.Graph(id=f"fig-{name}", figure=fig))
         return parts
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .errors import PosbenchError
-from .model import Batch, HookedModel, load_model, position_ids_from_mask
+from .batch import Batch, position_ids_from_mask
+from .model import HookedModel, load_model
 from .protocols import Intervention, Probe, ProbeResult
 from .store import Store
 from .zoo import ZOO

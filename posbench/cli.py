@@ -11,70 +11,15 @@ import dataclasses
 import json
 import os
 import sys
-import typing
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import BadOptionError, PosbenchError
+from .options import parse_pairs
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------- option parsing
-def _coerce(value: str, annotation: Any, key: str, probe: str) -> Any:
-    text = str(annotation)
-    try:
-        if "tuple" in text:
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        if text in ("bool", "<class 'bool'>"):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if text in ("int", "<class 'int'>"):
-            return int(value)
-        if text in ("float", "<class 'float'>"):
-            return float(value)
-    except ValueError:
-        raise BadOptionError(
-            f"malformed option {key}={value} for probe '{probe}': expected {text.replace('<class ', '').rstrip('>')}"
-        ) from None
-    return value
-
-
-def parse_options(probe_cls, pairs: Sequence[str]) -> dict[str, Any]:
-    fields = {f.name: f for f in dataclasses.fields(probe_cls.Config)}
-    hints = typing.get_type_hints(probe_cls.Config)
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise BadOptionError(f"malformed option '{pair}': write KEY=VALUE, e.g. --option seq_len=128")
-        if key not in fields:
-            raise BadOptionError(
-                f"unknown option '{key}' for probe '{probe_cls.name}': it takes {', '.join(fields)}"
-            )
-        out[key] = _coerce(value, hints[key], key, probe_cls.name)
-    return out
-
-
-def _load_data(spec: str | None):
-    """--data: built-in kinds (comma list of natural,random,repeated) or a .txt/.jsonl file."""
-    from . import data as pdata
-
-    if spec is None:
-        return None, {}
-    path = Path(spec)
-    if path.suffix in (".txt", ".jsonl") or path.exists():
-        return pdata.load_texts(path), {}
-    kinds = tuple(k.strip() for k in spec.split(",") if k.strip())
-    if not kinds:
-        raise BadOptionError("--data is empty: give input kinds (natural,random,repeated) or a file")
-    return None, {"inputs": kinds}
 
 
 def _progress_printer(msg: str) -> None:
@@ -111,36 +56,35 @@ def _prepare_run(args, probe_name: str):
     from .store import Store
 
     probe_cls = get_probe(probe_name)
+    owner = f"probe '{probe_cls.name}'"
     fields = {f.name for f in dataclasses.fields(probe_cls.Config)}
-    options = parse_options(probe_cls, args.option or [])
-    texts, data_options = _load_data(getattr(args, "data", None))
-    if data_options and "inputs" not in fields:
-        raise BadOptionError(
-            f"--data input kinds apply to the sinks probe; give '{probe_cls.name}' a .txt or .jsonl file of texts"
-        )
+    options = parse_pairs(probe_cls.Config, args.option or [], owner)
+    data, data_options = (None, {}) if args.data is None else probe_cls.load_data(args.data)
     options.update(data_options)
     if args.seq_len is not None:
-        options.update(parse_options(probe_cls, [f"seq_len={args.seq_len}"]))
+        if "seq_len" not in fields:
+            raise BadOptionError(f"--seq-len does not apply to probe '{probe_cls.name}'")
+        options.update(parse_pairs(probe_cls.Config, [f"seq_len={args.seq_len}"], owner))
     if args.n is not None:  # sequences per input kind, whatever the probe calls it
         targets = [f for f in ("n_sequences", "n_natural", "n_random") if f in fields]
         if not targets:
             raise BadOptionError(f"--n does not apply to probe '{probe_cls.name}'")
         for field in targets:
             value = args.n + (args.n % 2 if field == "n_random" else 0)  # random sequences come in pairs
-            options.update(parse_options(probe_cls, [f"{field}={value}"]))
+            options.update(parse_pairs(probe_cls.Config, [f"{field}={value}"], owner))
     probe = probe_cls(**options)
     interventions = [parse_intervention(s) for s in (args.intervention or [])]
     store = Store(args.store)  # fails now if unwritable, before any compute
-    return probe, texts, interventions, store
+    return probe, data, interventions, store
 
 
 def cmd_run(args) -> int:
     from .model import load_model
 
-    probe, texts, interventions, store = _prepare_run(args, args.probe)
+    probe, data, interventions, store = _prepare_run(args, args.probe)
     model = load_model(args.model, progress=_progress_printer)
     _say(f"posbench: running {probe.name} on {model.model_id}")
-    result = probe.run(model, data=texts, interventions=interventions, progress=not args.quiet)
+    result = probe.run(model, data=data, interventions=interventions, progress=not args.quiet)
     run_id = store.save(result)
     print(f"run {run_id}: {result.title()}  (store: {store.path})")
     for k, v in result.summary.items():
@@ -183,7 +127,7 @@ def cmd_report(args) -> int:
             _say(f"posbench: skipping {name}: {reason}")
             continue
         probe = probe_cls()
-        run_id = None if args.rerun else store.latest(model.model_id, name, probe.get_params(), [])
+        run_id = None if args.rerun else store.latest(model.model_id, name, probe.get_params(), [], data_source="default")
         if run_id is None:
             _say(f"posbench: running {name} on {model.model_id} (not in the store yet)")
             result = probe.run(model, progress=not args.quiet)
@@ -235,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("probe", help=f"one of: {', '.join(probes())}")
     p_run.add_argument("--model", "-m", required=True, help="zoo alias, local folder or HuggingFace hub name")
-    p_run.add_argument("--data", help="input kinds (natural,random,repeated) or a .txt/.jsonl file of texts")
+    p_run.add_argument("--data", help="the probe's data: a .txt/.jsonl file of texts (sinks also takes input kinds natural,random,repeated)")
     p_run.add_argument("--intervention", "-i", action="append", metavar="NAME:ARGS", help="repeatable; composes")
     p_run.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="probe setting, repeatable")
     p_run.add_argument("--n", type=int, help="sequences per input kind")

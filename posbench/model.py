@@ -1,101 +1,51 @@
-"""The hooked model every probe and intervention shares.
+"""The hooked model every probe and intervention shares: a thin facade.
 
-``load_model(spec)`` wraps a HuggingFace causal LM in a TransformerLens 4.x ``TransformerBridge``
-(eager attention, unprocessed weights) and adds what position analyses need: batching whose
-position ids come from the attention mask, a model card, and a stack of active interventions
-that every forward pass applies and every result records.
+``load_model(spec)`` loads a HuggingFace causal LM and puts a backend over it (TransformerLens 4.x
+``TransformerBridge``: eager attention, unprocessed weights). ``HookedModel`` holds the model card,
+the tokenizer and input building (batches whose position ids come from the attention mask,
+segmented prompts), the backend, and a stack of active interventions that every forward pass
+applies and every result records. It knows no hook names: probes declare captures (``sites``),
+interventions declare edits, the backend runs them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import difflib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
+from .backends import Backend, RunOutput
+from .batch import Batch, SegmentSpans, position_ids_from_mask
 from .card import ModelCard, build_card
 from .errors import ContextTooLongError, EmptyDataError, PosbenchError, UnknownModelError
+from .sites import AttentionCapture, Capture
 from .zoo import ZOO, build_tiny, embedded_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .data.segments import SegmentedPrompt
     from .protocols import Intervention
 
 log = logging.getLogger("posbench")
 
-Hook = tuple[str, Callable[..., Any]]
-
-# Canonical bridge hook names (TransformerBridge resolves the TransformerLens aliases to these).
-HOOKS = {
-    "resid_pre": "blocks.{layer}.hook_in",
-    "resid_post": "blocks.{layer}.hook_out",
-    "q": "blocks.{layer}.attn.q.hook_out",  # [batch, pos, n_heads, d_head], before RoPE
-    "k": "blocks.{layer}.attn.k.hook_out",  # [batch, pos, n_kv_heads, d_head], before RoPE
-    "v": "blocks.{layer}.attn.v.hook_out",
-    "rot_q": "blocks.{layer}.attn.hook_rot_q",  # [batch, pos, n_heads, d_head], after RoPE
-    "rot_k": "blocks.{layer}.attn.hook_rot_k",  # [batch, pos, n_kv_heads, d_head]
-    "scores": "blocks.{layer}.attn.hook_attn_scores",  # [batch, n_heads, q, k], masked
-    "pattern": "blocks.{layer}.attn.hook_pattern",  # [batch, n_heads, q, k]
-    "z": "blocks.{layer}.attn.o.hook_in",  # [batch, pos, n_heads, d_head], into W_O
-    "attn_out": "blocks.{layer}.attn.hook_out",
-    "mlp_out": "blocks.{layer}.mlp.hook_out",
-}
-
-
-class _StopForward(Exception):
-    """Raised by a hook to skip the final norm and unembedding when no logits are needed."""
-
-
-@dataclass
-class Batch:
-    """Token ids padded to one length, with the mask and the mask-derived position ids.
-
-    ``offsets[b]`` is the index of row b's first real token (its left padding), ``lengths[b]``
-    its number of real tokens, so real token r of row b sits at column ``offsets[b] + r``.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    offsets: torch.Tensor
-    lengths: torch.Tensor
-    padding_side: str
-
-    @property
-    def size(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    def real_columns(self, row: int) -> slice:
-        start = int(self.offsets[row])
-        return slice(start, start + int(self.lengths[row]))
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of each token among the real tokens of its row (pads get 0).
-
-    HuggingFace's forward does not derive these; left padding without them silently shifts
-    every position (TransformerLens #1609, nnsight #672).
-    """
-    mask = attention_mask.long()
-    return (mask.cumsum(-1) - 1).clamp(min=0) * mask
+__all__ = ["Batch", "HookedModel", "SegmentSpans", "load_model", "position_ids_from_mask"]
 
 
 class HookedModel:
     """One hooked model shared by all probes and interventions (see docs/architecture.md)."""
 
-    def __init__(self, bridge, hf_model, tokenizer, model_id: str, source: str):
-        self.bridge = bridge
+    def __init__(self, backend: Backend, hf_model, tokenizer, model_id: str, source: str, card: ModelCard):
+        self.backend = backend
         self.hf_model = hf_model
         self.tokenizer = tokenizer
         self.model_id = model_id
-        self.card: ModelCard = build_card(model_id, source, hf_model, tokenizer)
+        self.source = source
+        self.card = card
         self._interventions: list["Intervention"] = []
-        self._fires: dict[str, bool] = {}
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -117,98 +67,24 @@ class HookedModel:
         return self.card.head_dim
 
     @property
+    def n_pairs(self) -> int:
+        """Rotary pairs per head (rotary dims / 2), 0 without RoPE."""
+        return self.backend.facts.n_pairs
+
+    @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
-    def hook_name(self, kind: str, layer: int) -> str:
-        return HOOKS[kind].format(layer=layer)
-
-    def has_hook(self, name: str) -> bool:
-        """Whether ``name`` is a hook point that actually fires in a forward pass (some bridge
-        components list hook points they never call, e.g. hook_rot_q on GPT-NeoX)."""
-        if name not in self.bridge.hook_dict:
-            return False
-        if name not in self._fires:
-            fired = []
-            tiny = self.batch([[self.tokenizer.pad_token_id or 0] * 2])
-            self.forward(tiny, [(name, lambda x, hook: fired.append(1) or x)], logits=False)
-            self._fires[name] = bool(fired)
-        return self._fires[name]
-
-    def rotated_qk_hooks(self, layer: int, sink: Callable[[str, torch.Tensor], None]) -> list[Hook]:
-        """Hooks that hand ``sink("q" | "k", tensor [batch, pos, heads, d_head])`` the post-RoPE
-        q and k of ``layer``: the bridge's hook_rot_q/k where it has them, otherwise (GPT-NeoX
-        style components) q/k rotated here with the layer's own cos/sin (rotate-half layout,
-        first ``rotary_dims`` dims only)."""
-
-        def keep(key):
-            def hook(x, hook):
-                sink(key, x.detach().float())
-                return x
-
-            return hook
-
-        if self.has_hook(self.hook_name("rot_q", layer)):
-            return [(self.hook_name("rot_q", layer), keep("q")), (self.hook_name("rot_k", layer), keep("k"))]
-        if self.card.attn_has_qk_norm:
-            raise PosbenchError(
-                f"{self.model_id}: the bridge exposes no post-RoPE q/k and the model normalises q/k "
-                "before RoPE, so rotated q/k cannot be rebuilt here"
-            )
-        cache: dict[str, torch.Tensor] = {}
-
-        def keep_raw(key):
-            def hook(x, hook):
-                cache[key] = x.detach().float()
-                if key == "sin":
-                    r = cache["cos"].shape[-1]
-                    cos, sin = cache["cos"][:, :, None, :], cache["sin"][:, :, None, :]
-                    for name in ("q", "k"):
-                        x_ = cache[name]
-                        rot, rest = x_[..., :r], x_[..., r:]
-                        half = r // 2
-                        rotated = rot * cos + torch.cat([-rot[..., half:], rot[..., :half]], dim=-1) * sin
-                        sink(name, torch.cat([rotated, rest], dim=-1))
-                return x
-
-            return hook
-
-        return [
-            (self.hook_name("q", layer), keep_raw("q")),
-            (self.hook_name("k", layer), keep_raw("k")),
-            (f"blocks.{layer}.attn.hook_cos", keep_raw("cos")),
-            (f"blocks.{layer}.attn.hook_sin", keep_raw("sin")),
-        ]
-
     def rotary_inv_freq(self, layer: int) -> torch.Tensor | None:
-        """The layer's own RoPE ``inv_freq`` (rad/token per rotary pair), or None without RoPE.
-
-        Read from the model's rotary module, so scaled variants (llama3, YaRN) and per-layer
-        bases (Gemma 3: 10k on sliding layers, 1M on global ones) come out right.
-        """
-        if self.card.position_encoding != "rope":
-            return None
-        layer_type = self.card.layer_types[layer]
-        # The bridge wraps HF's rotary module, so match buffers by name wherever they sit.
-        buffers = {
-            name.rsplit(".", 1)[-1]: buf
-            for name, buf in self.hf_model.named_buffers()
-            if "rotary_emb" in name
-            and name.endswith("inv_freq")
-            and "original_inv_freq" not in name.rsplit(".", 1)[-1]
-        }
-        freq = buffers.get(f"{layer_type}_inv_freq", buffers.get("inv_freq"))
-        return None if freq is None else freq.detach().float().cpu()
+        """The layer's own RoPE ``inv_freq`` (rad/token per rotary pair), or None without RoPE."""
+        return self.backend.rotary_inv_freq(layer)
 
     def attention_scaling(self, layer: int) -> float:
-        """The factor the layer multiplies q.k by before the softmax (1/sqrt(d_head) unless the
-        model says otherwise, e.g. Gemma 3's query_pre_attn_scalar)."""
-        for name, module in self.hf_model.named_modules():
-            if name.endswith((f"layers.{layer}.self_attn", f"layers.{layer}.attention", f"h.{layer}.attn")):
-                scale = getattr(module, "scaling", None)
-                if scale is not None:
-                    return float(scale)
-        return self.d_head**-0.5
+        return self.backend.attention_scaling(layer)
+
+    def supports(self, site: str, edit: bool = False) -> bool:
+        """Whether the backend can read (or edit) ``site`` on this model."""
+        return self.backend.supports(site, edit)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -248,7 +124,12 @@ class HookedModel:
                     "shorten the text or lower --seq-len"
                 )
 
-    def batch(self, sequences: Sequence[Sequence[int]], padding_side: str = "right") -> Batch:
+    def batch(
+        self,
+        sequences: Sequence[Sequence[int]],
+        padding_side: str = "right",
+        row_meta: Sequence[dict[str, Any]] | None = None,
+    ) -> Batch:
         """Pad token lists into a Batch; position ids come from the mask."""
         if padding_side not in ("left", "right"):
             raise ValueError("padding_side must be 'left' or 'right'")
@@ -266,13 +147,42 @@ class HookedModel:
         lengths = mask.sum(-1)
         device = self.device
         return Batch(
-            ids.to(device),
-            mask.to(device),
-            position_ids_from_mask(mask).to(device),
-            offsets,
-            lengths,
-            padding_side,
+            ids.to(device), mask.to(device), position_ids_from_mask(mask).to(device), offsets, lengths, padding_side,
+            row_meta=[dict(m) for m in row_meta] if row_meta is not None else [{} for _ in sequences],
         )
+
+    def tokenize_segments(self, prompt: "SegmentedPrompt") -> tuple[list[int], SegmentSpans]:
+        """Token ids of a segmented prompt, each part tokenized on its own (only the prefix gets
+        the tokenizer's special tokens, as in PINE), and where each part sits."""
+        ids = self.tokenize([prompt.prefix])[0] if prompt.prefix or self.card.adds_bos else []
+        prefix = (0, len(ids))
+        spans = []
+        for segment in prompt.segments:
+            part = self.tokenizer(segment, add_special_tokens=False)["input_ids"]
+            if not part:
+                raise EmptyDataError(f"a segment tokenizes to nothing: {segment!r}")
+            spans.append((len(ids), len(ids) + len(part)))
+            ids.extend(part)
+        suffix_ids = self.tokenizer(prompt.suffix, add_special_tokens=False)["input_ids"] if prompt.suffix else []
+        suffix = (len(ids), len(ids) + len(suffix_ids))
+        ids.extend(suffix_ids)
+        return ids, SegmentSpans(prefix, tuple(spans), suffix)
+
+    def segment_batch(
+        self, prompts: Sequence["SegmentedPrompt"], padding_side: str = "right", continuations: Sequence[Sequence[int]] | None = None
+    ) -> Batch:
+        """A Batch of segmented prompts (plus optional continuation token ids after each), with
+        the segment spans of every row in ``batch.segments``."""
+        rows, spans = [], []
+        for i, prompt in enumerate(prompts):
+            ids, span = self.tokenize_segments(prompt)
+            if continuations is not None:
+                ids = ids + list(continuations[i])
+            rows.append(ids)
+            spans.append(span)
+        batch = self.batch(rows, padding_side)
+        batch.segments = spans
+        return batch
 
     def chat(self, messages: str | list[dict[str, str]], system: str | None = None) -> str:
         """Render a chat for an instruct model with its own template, ready for generation."""
@@ -285,9 +195,7 @@ class HookedModel:
             messages = [{"role": "user", "content": messages}]
         if system is not None:
             messages = [{"role": "system", "content": system}] + list(messages)
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def random_tokens(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
         """Uniform random ordinary tokens (special tokens excluded), shape [n, length]."""
@@ -299,37 +207,22 @@ class HookedModel:
         return vocab_ids[picks]
 
     # ------------------------------------------------------------------ running
-    @torch.no_grad()
-    def forward(
-        self, batch: Batch, hooks: Iterable[Hook] = (), logits: bool = True
-    ) -> torch.Tensor | None:
-        """Run the batch with the active interventions' hooks, then ``hooks``, attached.
-
-        With ``logits=False`` the pass stops right before the unembedding (Gemma-3's 262k-token
-        unembedding dominates short runs otherwise); ``unembed.hook_in`` (the final normalised
-        residual) still fires, so a probe can unembed in chunks itself.
-        """
-        fwd_hooks: list[Hook] = []
+    def run(
+        self, batch: Batch, captures: Sequence[Capture | AttentionCapture] = (), logits: bool = False
+    ) -> RunOutput:
+        """One forward pass under the active interventions, returning what ``captures`` reduced
+        to (and the logits when asked). Input edits rewrite the batch first; activation edits
+        and attention overrides go to the backend with the captures."""
+        edits, overrides = [], []
         for intervention in self._interventions:
-            fwd_hooks.extend(intervention.hooks(self))
-        fwd_hooks.extend(hooks)
-        if not logits:
+            batch = intervention.edit_batch(batch, self)
+            edits.extend(intervention.edits(self))
+            overrides.extend(intervention.attention_overrides(self))
+        return self.backend.run(batch, captures, edits=edits, overrides=overrides, logits=logits)
 
-            def stop(tensor, hook):
-                raise _StopForward
-
-            fwd_hooks.append(("unembed.hook_in", stop))
-        try:
-            return self.bridge.run_with_hooks(
-                batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                fwd_hooks=fwd_hooks,
-            )
-        except _StopForward:
-            return None
-        finally:
-            self.bridge.reset_hooks(including_permanent=False)
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits [B, T, vocab] for a batch, under the active interventions."""
+        return self.run(batch, logits=True).logits
 
     def logits(self, texts: Sequence[str] | str, padding_side: str = "right") -> list[torch.Tensor]:
         """Per-text logits [len, vocab] (padding removed), under the active interventions."""
@@ -337,6 +230,39 @@ class HookedModel:
         batch = self.batch(seqs, padding_side)
         out = self.forward(batch)
         return [out[b, batch.real_columns(b)] for b in range(batch.size)]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int = 32,
+        stop_ids: Sequence[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[int]]:
+        """Greedy continuations of token-id prompts under the active interventions.
+
+        Every step re-runs the full sequence (no KV cache), so edits that depend on the whole
+        sequence (PINE, position edits) hold at every step; ``progress(n)`` is called per token.
+        """
+        stop = set(stop_ids if stop_ids is not None else [self.tokenizer.eos_token_id])
+        rows = [list(p) for p in prompts]
+        new: list[list[int]] = [[] for _ in rows]
+        live = list(range(len(rows)))
+        for _ in range(max_new_tokens):
+            if not live:
+                break
+            batch = self.batch([rows[i] + new[i] for i in live], "left")
+            hidden = self.run(batch, [Capture("last", "final_norm", _last_hidden)]).captured["last"]
+            choice = self.backend.unembed(hidden).argmax(-1).tolist()
+            still = []
+            for i, token in zip(live, choice):
+                new[i].append(int(token))
+                if token not in stop:
+                    still.append(i)
+            live = still
+            if progress:
+                progress(1)
+        return new
 
     # ------------------------------------------------------------------ interventions
     @contextlib.contextmanager
@@ -363,27 +289,20 @@ class HookedModel:
         )
 
 
+def _last_hidden(hidden: torch.Tensor, ctx) -> torch.Tensor:
+    """The final hidden state of every row's last real token (left padding: the last column)."""
+    return hidden[:, -1].float()
+
+
 # ---------------------------------------------------------------------------- loading
 def _boot(hf_model, tokenizer, model_id: str, source: str) -> HookedModel:
-    from transformer_lens.model_bridge import TransformerBridge
+    from .backends.transformer_lens import TransformerLensBackend
 
-    if any("_original_component" in n for n, _ in hf_model.named_modules()):
-        raise PosbenchError(
-            "this HuggingFace model is already wrapped by a TransformerBridge (a HookedModel "
-            "uses it): reuse that HookedModel, or load a fresh copy of the model"
-        )
     hf_model.eval()
-    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
-    # The bridge re-loads its tokenizer with add_bos_token=True from `name_or_path` (a hub
-    # call for hub names, and a changed BOS convention). posbench tokenizes with the user's own
-    # tokenizer; the bridge gets a copy marked as already adding BOS so it keeps it as is.
-    bridge_tokenizer = copy.deepcopy(tokenizer)
-    bridge_tokenizer.init_kwargs.setdefault("name_or_path", model_id)
-    bridge_tokenizer.init_kwargs["add_bos_token"] = True
-    bridge = TransformerBridge.boot_transformers(
-        model_id, hf_model=hf_model, tokenizer=bridge_tokenizer, device=str(hf_model.device)
-    )
-    return HookedModel(bridge, hf_model, tokenizer, model_id, source)
+    card = build_card(model_id, source, hf_model, tokenizer)
+    backend = TransformerLensBackend.wrap(hf_model, tokenizer, model_id, card)
+    card.attn_implementation = backend.attn_implementation
+    return HookedModel(backend, hf_model, tokenizer, model_id, source, card)
 
 
 def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None = None) -> HookedModel:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import html
 import json
 import platform
 import time
@@ -24,7 +23,9 @@ from .errors import BadOptionError
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
-    from .model import Hook, HookedModel
+    from .batch import Batch
+    from .model import HookedModel
+    from .sites import AttentionOverride, Edit
 
 
 def package_versions() -> dict[str, str]:
@@ -46,20 +47,37 @@ def digest(obj: Any) -> str:
 
 # ---------------------------------------------------------------------------- interventions
 class Intervention(ABC):
-    """Something done to the hooked model while probes read it (Tl hook-based, composable).
+    """Something done to the hooked model while probes read it; composable and recorded.
 
-    Subclasses give ``name``, ``hooks(model)`` and ``params()``. Use as
-    ``with model.intervene(a, b): ...`` or pass ``interventions=(a, b)`` to any probe; every
-    result produced inside records ``describe()`` of each active intervention.
+    Three kinds, by what they change (a class may combine them):
+
+    * ``InputEdit`` rewrites the batch before the model sees it (position ids, masks, segments);
+    * ``ActivationEdit`` replaces tensors at sites (``edits(model) -> [Edit]``);
+    * ``AttentionEdit`` replaces the attention computation of chosen layers
+      (``attention_overrides(model) -> [AttentionOverride]``).
+
+    Use as ``with model.intervene(a, b): ...`` or pass ``interventions=(a, b)`` to any probe;
+    every result produced inside records ``describe()`` of each active intervention. Two-run
+    methods (activation patching) are experiments over a clean and a corrupted run, not
+    interventions (``posbench.experiments``).
     """
 
     name: ClassVar[str]
+    kind: ClassVar[str] = "activation"
     summary: ClassVar[str] = ""
     spec_help: ClassVar[str] = ""  # CLI grammar after "name:", e.g. "LAYER.HEAD[,LAYER.HEAD...]"
 
-    @abstractmethod
-    def hooks(self, model: "HookedModel") -> list["Hook"]:
-        """(hook name, fn) pairs; fn(tensor, hook) returns the edited tensor."""
+    def edit_batch(self, batch: "Batch", model: "HookedModel") -> "Batch":
+        """The batch this intervention runs instead (input edits)."""
+        return batch
+
+    def edits(self, model: "HookedModel") -> list["Edit"]:
+        """Activation edits: (site, layers, fn) triples the backend applies in the forward pass."""
+        return []
+
+    def attention_overrides(self, model: "HookedModel") -> list["AttentionOverride"]:
+        """Replacements of the attention scores of chosen layers."""
+        return []
 
     @abstractmethod
     def params(self) -> dict[str, Any]:
@@ -84,10 +102,41 @@ class Intervention(ABC):
         return f"{type(self).__name__}({args})"
 
 
+class InputEdit(Intervention):
+    """An intervention that rewrites the batch (position ids, attention mask, segment layout)."""
+
+    kind = "input"
+
+    @abstractmethod
+    def edit_batch(self, batch: "Batch", model: "HookedModel") -> "Batch": ...
+
+
+class ActivationEdit(Intervention):
+    """An intervention that replaces tensors at sites while the model runs."""
+
+    kind = "activation"
+
+    @abstractmethod
+    def edits(self, model: "HookedModel") -> list["Edit"]: ...
+
+
+class AttentionEdit(Intervention):
+    """An intervention that replaces the attention scores of chosen layers."""
+
+    kind = "attention"
+
+    @abstractmethod
+    def attention_overrides(self, model: "HookedModel") -> list["AttentionOverride"]: ...
+
+
 # ---------------------------------------------------------------------------- results
 @dataclass
 class ProbeResult:
-    """What a probe measured: tidy tables, a headline summary and full provenance."""
+    """What a probe measured: tidy tables, a headline summary and full provenance.
+
+    Figures and reading tables are not stored: the probe's view (``posbench.views``) rebuilds
+    them from the tables, so a stored result renders exactly like a fresh one.
+    """
 
     probe: str
     model_id: str
@@ -101,17 +150,24 @@ class ProbeResult:
     run_id: str | None = None
 
     @property
-    def figures(self) -> dict[str, "go.Figure"]:
-        from .registry import get_probe
+    def view(self):
+        from .registry import get_view
 
-        return get_probe(self.probe).figures(self)
+        return get_view(self.probe)
+
+    @property
+    def figures(self) -> dict[str, "go.Figure"]:
+        return self.view.figures(self)
+
+    def reading_tables(self) -> dict[str, pd.DataFrame]:
+        return self.view.reading_tables(self)
 
     def table(self, name: str) -> pd.DataFrame:
         return self.tables[name]
 
     def title(self) -> str:
         under = (
-            " under " + " + ".join(_intervention_label(iv) for iv in self.interventions)
+            " under " + " + ".join(intervention_label(iv) for iv in self.interventions)
             if self.interventions
             else ""
         )
@@ -123,26 +179,15 @@ class ProbeResult:
         )
 
     def _repr_html_(self) -> str:
-        parts = [f"<h3>{html.escape(self.title())}</h3>"]
-        if self.interventions:
-            parts.append(
-                "<p><b>Interventions:</b> "
-                + html.escape(json.dumps(self.interventions))
-                + "</p>"
-            )
-        parts.append(self.summary_frame().to_html(index=False))
-        for i, fig in enumerate(self.figures.values()):
-            # plotly.js inline with the first figure: renders in an offline notebook too
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-        tables = ", ".join(f"{k} ({len(v)} rows)" for k, v in self.tables.items())
-        parts.append(f"<p>Tables: {html.escape(tables)}; data digest {self.data_digest}</p>")
-        return "\n".join(parts)
+        from .render import render, to_html
+
+        return to_html(render(self), plotlyjs="inline")
 
     def __repr__(self) -> str:
         return f"<ProbeResult {self.title()}: {', '.join(self.tables)}>"
 
 
-def _intervention_label(iv: dict[str, Any]) -> str:
+def intervention_label(iv: dict[str, Any]) -> str:
     params = ",".join(f"{k}={v}" for k, v in iv.get("params", {}).items())
     return f"{iv['name']}({params})"
 
@@ -158,15 +203,21 @@ class Probe(ABC):
     """A measurement on a hooked model, configured like a scikit-learn estimator.
 
     ``SinkProbe(seq_len=64).run(model, data=None, interventions=())`` returns a ProbeResult.
-    Subclasses define ``name``, a ``Config`` dataclass, ``measure`` and ``figures``.
+    Subclasses define ``name``, a ``Config`` dataclass whose fields are ``posbench.options.option``s
+    (types and bounds declared once), and ``measure``; figures and reading tables live in the
+    probe's view (``posbench.views.ProbeView``) beside it.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     Config: ClassVar[type]
     reported: ClassVar[bool] = True  # part of `posbench report`
+    tags: ClassVar[tuple[str, ...]] = ()  # attention / behavioural / representation
+    data_help: ClassVar[str] = "a .txt (paragraphs) or .jsonl ({\"text\": ...} per line) file of texts"
 
     def __init__(self, config: Any = None, **overrides: Any):
+        from .options import validate
+
         base = config if config is not None else self.Config()
         known = {f.name for f in dataclasses.fields(self.Config)}
         unknown = sorted(set(overrides) - known)
@@ -175,16 +226,32 @@ class Probe(ABC):
                 f"unknown option(s) {', '.join(unknown)} for probe '{self.name}': "
                 f"it takes {', '.join(sorted(known))}"
             )
-        self.config = dataclasses.replace(base, **overrides)
+        self.config = validate(dataclasses.replace(base, **overrides), owner=f"probe '{self.name}'")
         self.check_config()
 
     def check_config(self) -> None:
-        """Raise BadOptionError for impossible settings."""
+        """Raise BadOptionError for impossible combinations of settings (single options are
+        checked against their declared bounds before this)."""
 
     @classmethod
     def not_applicable(cls, model: "HookedModel") -> str | None:
         """Why this probe cannot run on ``model`` (None if it can): reports skip such probes."""
         return None
+
+    @classmethod
+    def load_data(cls, spec: str) -> tuple[Any, dict[str, Any]]:
+        """What ``--data SPEC`` means for this probe: (data for ``run``, option overrides).
+
+        By default a file of texts; probes with their own datasets override this.
+        """
+        from pathlib import Path
+
+        from .data.texts import TextDataset
+        from .errors import MalformedDataError
+
+        if not Path(spec).exists():
+            raise MalformedDataError(f"--data '{spec}' is not a file: probe '{cls.name}' takes {cls.data_help}")
+        return TextDataset.from_file(spec).texts, {}
 
     def get_params(self) -> dict[str, Any]:
         """The configuration as JSON-native values (tuples become lists), as stored."""
@@ -216,7 +283,9 @@ class Probe(ABC):
                 "seconds": round(time.perf_counter() - t0, 3),
                 "attn_implementation": model.card.attn_implementation,
                 "weights": model.card.weights,
+                "backend": model.backend.describe(),
                 "versions": package_versions(),
+                "data_source": "default" if data is None else "user",
                 "data": {k: v for k, v in data_record.items() if k != "tokens"},
             },
         )
@@ -226,12 +295,3 @@ class Probe(ABC):
         self, model: "HookedModel", data: Any, progress: bool = False
     ) -> tuple[dict[str, pd.DataFrame], dict[str, Any], dict[str, Any]]:
         """Capture and reduce: return (tables, summary, data_record for the digest)."""
-
-    @classmethod
-    def figures(cls, result: ProbeResult) -> dict[str, "go.Figure"]:
-        return {}
-
-    @classmethod
-    def report_tables(cls, result: ProbeResult) -> dict[str, pd.DataFrame]:
-        """Small tables worth reading in a report (the full tables go to CSV)."""
-        return {}

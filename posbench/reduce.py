@@ -4,8 +4,12 @@ returns small per-head statistics, so probes can reduce while hooks fire."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sites import Capture
 
 
 ROW_CHUNK = 256  # query rows reduced at a time: temporaries stay [heads, 256, L], never [heads, L, L]
@@ -25,6 +29,26 @@ def renormalise_without_first(rows: torch.Tensor, eps: float = 1e-6) -> tuple[to
     return out * ok.unsqueeze(-1), ok
 
 
+def offset_sums_rows(rows: torch.Tensor, first: int, width: int) -> torch.Tensor:
+    """Offset sums of a chunk of rows: rows [H, n, L] are queries first .. first+n-1 of a block
+    of L keys; returns sums [H, width] of Ã[i, i - d] over those rows (key 0 excluded, rows
+    renormalised without it)."""
+    heads, n, length = rows.shape
+    sums = torch.zeros(heads, width, device=rows.device)
+    keys = torch.arange(length, device=rows.device)
+    norm, _ = renormalise_without_first(rows)
+    delta = torch.arange(first, first + n, device=rows.device)[:, None] - keys[None, :]
+    keep = (delta >= 0) & (delta < width) & (keys[None, :] >= 1)
+    index = delta.clamp(0, width - 1).reshape(1, -1).expand(heads, -1)
+    sums.scatter_add_(1, index, (norm * keep).reshape(heads, -1))
+    return sums
+
+
+def offset_counts(length: int, width: int) -> torch.Tensor:
+    """counts[d]: the number of queries i of an L-token block with a key i - d >= 1."""
+    return (length - 1 - torch.arange(width)).clamp(min=0).float()
+
+
 def offset_sums(block: torch.Tensor, max_offset: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over queries of Ã[i, i - d] for d = 0..D (key 0 excluded, rows renormalised).
 
@@ -34,28 +58,36 @@ def offset_sums(block: torch.Tensor, max_offset: int | None = None) -> tuple[tor
     heads, length, _ = block.shape
     width = length if max_offset is None else min(max_offset, length - 1) + 1
     sums = torch.zeros(heads, width, device=block.device)
-    keys = torch.arange(length, device=block.device)
     for r0, r1 in _row_chunks(length):
-        norm, _ = renormalise_without_first(block[:, r0:r1])
-        delta = torch.arange(r0, r1, device=block.device)[:, None] - keys[None, :]
-        keep = (delta >= 0) & (delta < width) & (keys[None, :] >= 1)
-        index = delta.clamp(0, width - 1).reshape(1, -1).expand(heads, -1)
-        sums.scatter_add_(1, index, (norm * keep).reshape(heads, -1))
-    counts = (length - 1 - torch.arange(width)).clamp(min=0).float()
-    return sums.cpu(), counts
+        sums += offset_sums_rows(block[:, r0:r1], r0, width)
+    return sums.cpu(), offset_counts(length, width)
+
+
+def self_and_previous_sums(rows: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums over a chunk of rows (queries first .. first+n-1, keys 0 .. L-1) of Ã[i, i] for
+    i >= 1 and Ã[i, i - 1] for i >= 2 (key 0 dropped, rows renormalised): ([H], [H])."""
+    heads, n, length = rows.shape
+    queries = torch.arange(first, first + n, device=rows.device)
+    rest = (1.0 - rows[:, :, 0]).clamp(min=1e-6)
+    local = torch.arange(n, device=rows.device)
+    diag0 = rows[:, local, queries] / rest
+    s0 = diag0[:, queries >= 1].sum(-1)
+    ok1 = queries >= 2
+    diag1 = rows[:, local[ok1], queries[ok1] - 1] / rest[:, ok1]
+    return s0, diag1.sum(-1)
 
 
 def self_and_previous(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """P_h(0) and P_h(1) of the offset profile without building it: [H, L, L] -> ([H], [H])."""
     length = block.shape[-1]
-    rest = (1.0 - block[:, :, 0]).clamp(min=1e-6)
-    diag0 = torch.diagonal(block, 0, -2, -1)[:, 1:] / rest[:, 1:]
-    p0 = diag0.sum(-1) / max(length - 1, 1)
+    s0, s1 = torch.zeros(block.shape[0], device=block.device), torch.zeros(block.shape[0], device=block.device)
+    for r0, r1 in _row_chunks(length):
+        a, b = self_and_previous_sums(block[:, r0:r1], r0)
+        s0, s1 = s0 + a, s1 + b
+    p0 = s0 / max(length - 1, 1)
     if length < 3:
         return p0.cpu(), torch.zeros_like(p0).cpu()
-    diag1 = torch.diagonal(block, -1, -2, -1)[:, 1:] / rest[:, 2:]
-    p1 = diag1.sum(-1) / (length - 2)
-    return p0.cpu(), p1.cpu()
+    return p0.cpu(), (s1 / (length - 2)).cpu()
 
 
 def row_jsd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -80,6 +112,23 @@ def offset_prediction(profile: torch.Tensor, queries: torch.Tensor, length: int)
     return pred / pred.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
+def position_dependence_rows(
+    rows: torch.Tensor, first: int, profile: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total-variation sums of a chunk of rows against the rows an offset profile predicts:
+    (sum over queries i >= 2 of TV(Ã_i, predicted_i) [H], number of usable rows [H])."""
+    heads, n, length = rows.shape
+    skip = max(0, 2 - first)
+    if skip >= n:
+        zero = torch.zeros(heads, device=rows.device)
+        return zero, zero.clone()
+    rows, first = rows[:, skip:], first + skip
+    norm, ok = renormalise_without_first(rows)
+    pred = offset_prediction(profile.to(rows.device), torch.arange(first, first + rows.shape[1], device=rows.device), length)
+    tv = 0.5 * (norm - pred).abs().sum(-1)
+    return (tv * ok).sum(-1), ok.sum(-1).to(tv.dtype)
+
+
 def position_dependence(block: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
     """PDS per head on one block: 1 - mean over queries i >= 2 of TV(Ã_i, predicted_i).
 
@@ -90,18 +139,11 @@ def position_dependence(block: torch.Tensor, profile: torch.Tensor) -> torch.Ten
     heads, length, _ = block.shape
     if length < 3:
         return torch.full((heads,), float("nan"))
-    profile = profile.to(block.device)
     tv_sum = torch.zeros(heads, device=block.device)
     rows = torch.zeros(heads, device=block.device)
     for r0, r1 in _row_chunks(length):
-        r0 = max(r0, 2)
-        if r0 >= r1:
-            continue
-        norm, ok = renormalise_without_first(block[:, r0:r1])
-        pred = offset_prediction(profile, torch.arange(r0, r1, device=block.device), length)
-        tv = 0.5 * (norm - pred).abs().sum(-1)
-        tv_sum += (tv * ok).sum(-1)
-        rows += ok.sum(-1)
+        tv, n = position_dependence_rows(block[:, r0:r1], r0, profile)
+        tv_sum, rows = tv_sum + tv, rows + n
     return (1.0 - tv_sum / rows.clamp(min=1)).cpu()
 
 
@@ -132,23 +174,24 @@ def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask
     return nll * valid
 
 
-def chunked_nll(model, hidden: torch.Tensor, batch, chunk: int = 256) -> tuple[float, int]:
+def chunked_nll(unembed, hidden: torch.Tensor, batch, chunk: int = 256) -> tuple[float, int]:
     """(sum, count) of next-token NLL from the final normalised hidden state, unembedding
     ``chunk`` positions at a time (Gemma-3's 262k vocabulary would need GBs at once)."""
-    head = model.hf_model.get_output_embeddings()
-    weight, bias = head.weight, getattr(head, "bias", None)
-    softcap = getattr(model.hf_model.config, "final_logit_softcapping", None)
     total, count = 0.0, 0
     width = hidden.shape[1]
     for c0 in range(0, width - 1, chunk):
         c1 = min(width - 1, c0 + chunk)
-        logits = torch.nn.functional.linear(hidden[:, c0:c1].float(), weight.float(), None if bias is None else bias.float())
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        logp = torch.log_softmax(logits, dim=-1)
+        logp = torch.log_softmax(unembed(hidden[:, c0:c1]), dim=-1)
         target = batch.input_ids[:, c0 + 1 : c1 + 1]
         nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         valid = (batch.attention_mask[:, c0 + 1 : c1 + 1] * batch.attention_mask[:, c0:c1]).to(nll.dtype)
         total += float((nll * valid).sum())
         count += int(valid.sum())
     return total, count
+
+
+def nll_capture(name: str = "nll") -> "Capture":
+    """A capture of the final hidden state that keeps only (sum, count) of the next-token NLL."""
+    from .sites import Capture
+
+    return Capture(name, "final_norm", lambda hidden, ctx: chunked_nll(ctx.unembed, hidden, ctx.batch))

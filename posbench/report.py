@@ -23,29 +23,10 @@ def _card_html(card: ModelCard) -> str:
 
 
 def _section(result: ProbeResult) -> str:
-    parts = [f'<section id="{html.escape(result.probe)}"><h2>{html.escape(result.title())}</h2>']
-    parts.append(
-        f'<p class="meta">run {html.escape(str(result.run_id))} · {html.escape(result.metadata.get("started_at", ""))}'
-        f' · {result.metadata.get("seconds", "?")} s · attention {html.escape(str(result.metadata.get("attn_implementation")))}'
-        f' · weights {html.escape(str(result.metadata.get("weights")))} · data {result.data_digest}</p>'
-    )
-    if result.interventions:
-        parts.append(f"<p><b>Interventions:</b> {html.escape(json.dumps(result.interventions))}</p>")
-    parts.append(result.summary_frame().to_html(index=False, classes="summary", border=0))
-    from .registry import get_probe
+    from .render import render, to_html
 
-    for title, frame in get_probe(result.probe).report_tables(result).items():
-        parts.append(f"<h3>{html.escape(title)}</h3>")
-        parts.append(frame.to_html(index=False, border=0) if len(frame) else "<p>none</p>")
-    for name, fig in result.figures.items():
-        fig.update_layout(template="plotly_white", height=420, margin={"t": 60, "l": 60, "r": 20, "b": 50})
-        parts.append(f'<div class="figure" data-figure="{html.escape(name)}">')
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"{result.probe}-{name}"))
-        parts.append("</div>")
-    config = html.escape(json.dumps(result.config, indent=1, default=str))
-    parts.append(f"<details><summary>configuration</summary><pre>{config}</pre></details>")
-    parts.append("</section>")
-    return "\n".join(parts)
+    body = to_html(render(result), figure_height=420, heading="h2", div_prefix=result.probe)
+    return f'<section id="{html.escape(result.probe)}">{body}</section>'
 
 
 def write_report(

@@ -270,17 +270,31 @@ class Store:
         )
 
     def latest(
-        self, model: str, probe: str, config: dict[str, Any] | None = None, interventions: list | None = None
+        self,
+        model: str,
+        probe: str,
+        config: dict[str, Any] | None = None,
+        interventions: list | None = None,
+        data_source: str | None = None,
     ) -> str | None:
-        """Newest run of ``probe`` on ``model`` with this config and interventions, if any."""
+        """Newest run of ``probe`` on ``model`` with this config, interventions and data source
+        ("default" for the probe's own data, "user" for data the user passed), if any."""
         frame = self.runs(model=model, probe=probe)
         for _, row in frame.iterrows():
             if config is not None and _normal(row.config) != _normal(config):
                 continue
             if interventions is not None and row.interventions != interventions:
                 continue
+            if data_source is not None and self._data_source(row.run_id) != data_source:
+                continue
             return row.run_id
         return None
+
+    def _data_source(self, run_id: str) -> str:
+        with self._read() as conn:
+            (metadata,) = conn.execute("SELECT metadata FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        # runs stored before the data source was recorded are "unknown": never mistaken for default data
+        return json.loads(metadata).get("data_source", "unknown")
 
 
 def _normal(config: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from posbench.interventions.rope_bands import RopeBandZero, RopePositionFree
 from posbench.planted import plant_offset_head
 from posbench.probes.positional_heads import PositionalHeadsProbe
 from posbench.probes.rope_usage import RopeUsageProbe
+from posbench.sites import Capture
 from posbench.reduce import offset_sums, pair_scores, position_dependence, rotary_pairs, self_and_previous
 
 
@@ -46,19 +47,10 @@ def test_per_pair_terms_sum_to_the_score(request, fixture):
     """sum_p s_ij^(p) (+ non-rotary dims) must equal the model's own pre-softmax score."""
     model = request.getfixturevalue(fixture)
     batch = model.batch(model.tokenize(["Rotary frequencies carry position and content alike."]))
-    seen = {}
-    layer = 3
-
-    def keep(name):
-        def hook(x, hook):
-            seen[name] = x.detach().float()
-            return x
-
-        return hook
-
-    layer = min(layer, model.n_layers - 1)
-    hooks = model.rotated_qk_hooks(layer, seen.__setitem__) + [(model.hook_name("scores", layer), keep("scores"))]
-    model.forward(batch, hooks, logits=False)
+    layer = min(3, model.n_layers - 1)
+    keep = lambda x, ctx: x.float()  # noqa: E731
+    out = model.run(batch, [Capture(site, site, keep, layers=(layer,)) for site in ("rot_q", "rot_k", "scores")])
+    seen = {"q": out["rot_q"][layer], "k": out["rot_k"][layer], "scores": out["scores"][layer]}
     q = seen["q"][0].transpose(0, 1)  # [H, T, d]
     kv_of = [model.card.kv_head_of(h) for h in range(model.n_heads)]
     k = seen["k"][0].transpose(0, 1)[kv_of]
@@ -74,14 +66,8 @@ def test_chunked_loss_equals_full_logits_loss(smollm2):
 
     batch = smollm2.batch(smollm2.tokenize(["Rotary frequencies carry position.", "Short one"]), "left")
     full = next_token_nll(smollm2.forward(batch), batch.input_ids, batch.attention_mask)
-    seen = {}
-
-    def hook(hidden, hook):
-        seen["nll"] = chunked_nll(smollm2, hidden, batch, chunk=3)
-        return hidden
-
-    smollm2.forward(batch, [("unembed.hook_in", hook)], logits=False)
-    total, count = seen["nll"]
+    out = smollm2.run(batch, [Capture("nll", "final_norm", lambda h, ctx: chunked_nll(ctx.unembed, h, ctx.batch, chunk=3))])
+    total, count = out["nll"]
     assert count == int((batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).sum())
     assert total == pytest.approx(float(full.sum()), rel=1e-5)
 
@@ -174,7 +160,7 @@ def test_band_intervention_errors_and_specs(tiny_gpt2, tiny_llama, tiny_neox):
     with pytest.raises(PosbenchError, match="rotary pair out of range: tiny-llama has 8 pairs"):
         with tiny_llama.intervene(RopeBandZero(pairs=[8])):
             pass
-    with pytest.raises(PosbenchError, match="rope-zero-band needs post-RoPE q/k hook points"):
+    with pytest.raises(PosbenchError, match="rope-zero-band needs post-RoPE q/k"):
         with tiny_neox.intervene(RopeBandZero(pairs=[0])):
             pass
     with pytest.raises(PosbenchError, match="rope-usage needs a RoPE model"):
@@ -242,7 +228,7 @@ MEMORY_RUN = textwrap.dedent(
     from posbench.data import natural_texts
     from posbench.probes.rope_usage import RopeUsageProbe
     model = posbench.load_model("gemma-3-270m")
-    model.forward(model.batch(model.tokenize(["warm up"])), logits=False)
+    model.run(model.batch(model.tokenize(["warm up"])))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     RopeUsageProbe(seq_len=4096, n_sequences=1, batch_size=1, band_fractions=()).run(model, data=[" ".join(natural_texts())])
     print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base)

@@ -1,7 +1,7 @@
 """Zero-ablate attention heads: a head's output z is set to 0 before W_O.
 
 The common convention of causal-tracing and patching work (e.g. Wang et al. 2022, "Interpretability
-in the Wild"; TransformerLens ``hook_z``). Zeroing z removes the head's W_O term; an o_proj bias,
+in the Wild"; the ``z`` site). Zeroing z removes the head's W_O term; an o_proj bias,
 if any, stays. Heads are *query* heads (0 .. n_heads-1) also under GQA.
 """
 
@@ -12,10 +12,11 @@ from typing import Any
 import torch
 
 from ..errors import BadOptionError, HeadIndexError
-from ..protocols import Intervention
+from ..protocols import ActivationEdit
+from ..sites import Edit
 
 
-class HeadAblation(Intervention):
+class HeadAblation(ActivationEdit):
     name = "ablate-heads"
     summary = "zero the output z of the given attention heads (before W_O)"
     spec_help = "LAYER.HEAD[,LAYER.HEAD...]  e.g. ablate-heads:3.1,4.2"
@@ -57,19 +58,17 @@ class HeadAblation(Intervention):
                     f"per layer (0-{model.n_heads - 1})"
                 )
 
-    def hooks(self, model) -> list:
+    def edits(self, model) -> list[Edit]:
         by_layer: dict[int, list[int]] = {}
         for layer, head in self.heads:
             by_layer.setdefault(layer, []).append(head)
-        n_heads, d_head = model.n_heads, model.d_head
 
         def make(heads: list[int]):
-            def zero_heads(z: torch.Tensor, hook) -> torch.Tensor:
-                shaped = z.view(*z.shape[:2], n_heads, d_head) if z.ndim == 3 else z
-                shaped = shaped.clone()
-                shaped[:, :, heads, :] = 0.0
-                return shaped.view_as(z)
+            def zero_heads(z: torch.Tensor, ctx) -> torch.Tensor:  # [batch, pos, heads, d_head]
+                out = z.clone()
+                out[:, :, heads, :] = 0.0
+                return out
 
             return zero_heads
 
-        return [(model.hook_name("z", layer), make(heads)) for layer, heads in by_layer.items()]
+        return [Edit("z", make(heads), layers=(layer,)) for layer, heads in by_layer.items()]

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import BadOptionError, HeadIndexError, PosbenchError
-from ..protocols import Intervention
+from ..protocols import ActivationEdit
+from ..sites import Edit
 
 
 def parse_index_list(text: str, what: str) -> list[int]:
@@ -59,7 +60,7 @@ def _parse_spec(arg: str) -> dict[str, Any]:
     return opts
 
 
-class _RopeBand(Intervention):
+class _RopeBand(ActivationEdit):
     def __init__(self, pairs: list[int] | None = None, fraction: float | None = None, highest: bool = False,
                  layers: list[int] | None = None):
         if (pairs is None) == (fraction is None):
@@ -121,28 +122,29 @@ class RopePositionFree(_RopeBand):
             raise BadOptionError("rope-position-free takes pairs=, layers= or a fraction (not heads/target)")
         return cls(**opts)
 
-    def hooks(self, model) -> list:
+    def edits(self, model) -> list[Edit]:
         n_pairs = self._n_pairs(model)
-        hooks = []
+        edits = []
         for layer in self._layers(model):
             dims = self.pairs_for(model, layer)
             idx = torch.tensor(dims + [p + n_pairs for p in dims])
 
-            def fix_cos(cos: torch.Tensor, hook, idx=idx) -> torch.Tensor:
+            def fix_cos(cos: torch.Tensor, ctx, idx=idx) -> torch.Tensor:
                 # cos carries the RoPE attention scaling (1 for default RoPE, != 1 for YaRN);
                 # position 0 holds it unrotated, so a position-free pair keeps that value.
                 out = cos.clone()
                 out[..., idx] = cos[..., :1, idx].abs()
                 return out
 
-            def fix_sin(sin: torch.Tensor, hook, idx=idx) -> torch.Tensor:
+            def fix_sin(sin: torch.Tensor, ctx, idx=idx) -> torch.Tensor:
                 out = sin.clone()
                 out[..., idx] = 0.0
                 return out
 
-            hooks.append((f"blocks.{layer}.attn.hook_cos", fix_cos))
-            hooks.append((f"blocks.{layer}.attn.hook_sin", fix_sin))
-        return hooks
+            edits.append(Edit("rope_cos", fix_cos, layers=(layer,)))
+            edits.append(Edit("rope_sin", fix_sin, layers=(layer,)))
+        return edits
+
 
 class RopeBandZero(_RopeBand):
     name = "rope-zero-band"
@@ -162,9 +164,9 @@ class RopeBandZero(_RopeBand):
 
     def validate(self, model) -> None:
         super().validate(model)
-        if not model.has_hook(model.hook_name("rot_q", 0)):
+        if not model.supports("rot_q", edit=True):
             raise PosbenchError(
-                f"rope-zero-band needs post-RoPE q/k hook points, which the bridge does not expose for "
+                f"rope-zero-band needs post-RoPE q/k sites, which the backend cannot edit on "
                 f"{model.card.architecture}; use rope-position-free, which edits cos/sin"
             )
         if self.heads is not None and (min(self.heads) < 0 or max(self.heads) >= model.n_heads):
@@ -177,17 +179,17 @@ class RopeBandZero(_RopeBand):
             out["heads"] = self.heads
         return out
 
-    def hooks(self, model) -> list:
+    def edits(self, model) -> list[Edit]:
         n_pairs = self._n_pairs(model)
         q_heads = self.heads if self.heads is not None else list(range(model.n_heads))
         kv_heads = sorted({model.card.kv_head_of(h) for h in q_heads})
-        hooks = []
+        edits = []
         for layer in self._layers(model):
             dims = self.pairs_for(model, layer)
             idx = torch.tensor(dims + [p + n_pairs for p in dims])
 
             def make(heads, idx=idx):
-                def zero(x: torch.Tensor, hook) -> torch.Tensor:  # [batch, pos, heads, d_head]
+                def zero(x: torch.Tensor, ctx) -> torch.Tensor:  # [batch, pos, heads, d_head]
                     out = x.clone()
                     sub = out[:, :, heads]
                     sub[..., idx] = 0.0
@@ -197,7 +199,7 @@ class RopeBandZero(_RopeBand):
                 return zero
 
             if "q" in self.target:
-                hooks.append((model.hook_name("rot_q", layer), make(q_heads)))
+                edits.append(Edit("rot_q", make(q_heads), layers=(layer,)))
             if "k" in self.target:
-                hooks.append((model.hook_name("rot_k", layer), make(kv_heads)))
-        return hooks
+                edits.append(Edit("rot_k", make(kv_heads), layers=(layer,)))
+        return edits

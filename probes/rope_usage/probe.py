@@ -27,27 +27,93 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from posbench import data as pdata
+from posbench.batching import run_batches
 from posbench.errors import BadOptionError, PosbenchError
 from posbench.interventions.rope_bands import RopePositionFree
-from posbench.protocols import Probe, ProbeResult
-from posbench.reduce import chunked_nll, rotary_pairs, self_and_previous
+from posbench.options import option
+from posbench.progress import Progress
+from posbench.protocols import Probe
+from posbench.reduce import nll_capture, rotary_pairs, self_and_previous_sums
+from posbench.sites import AttentionCapture, AttentionStatistic, Context
 
 
 @dataclass
 class RopeUsageConfig:
-    seq_len: int = 128
-    n_sequences: int = 8
-    batch_size: int = 4
-    high_freq_wavelength: float = 32.0  # pairs with a shorter wavelength (tokens) count as "high frequency"
-    sink_threshold: float = 0.3
-    positional_threshold: float = 0.5  # P(0) or P(1) above this: positional (self / previous-token) head
-    position_free_rotation: float = math.pi / 8  # a pair turning less than this across its span is position-free there
-    band_fractions: tuple[float, ...] = (0.25,)  # p-RoPE interventions evaluated (lowest and highest band)
-    padding_side: str = "right"
-    seed: int = 0
+    seq_len: int = option(128, min=4, help="tokens per sequence")
+    n_sequences: int = option(8, min=1)
+    batch_size: int = option(4, min=1)
+    high_freq_wavelength: float = option(32.0, min=0.0, help="pairs with a shorter wavelength (tokens) count as high frequency")
+    sink_threshold: float = option(0.3, min=0.0, max=1.0)
+    positional_threshold: float = option(0.5, min=0.0, max=1.0, help="P(0) or P(1) above this: positional (self / previous-token) head")
+    position_free_rotation: float = option(math.pi / 8, min=0.0, help="a pair turning less than this (rad) across its span is position-free there")
+    band_fractions: tuple[float, ...] = option((0.25,), min=0.0, max=1.0, help="p-RoPE bands evaluated (lowest and highest fraction)")
+    padding_side: str = option("right", choices=("left", "right"))
+    seed: int = option(0, min=0)
+
+
+class RopeUsageStatistic(AttentionStatistic):
+    """Per layer, summed over sequences: P(0), P(1) and first-token mass per head, and (with
+    ``pairs``) per rotary pair the q/k norms, the attention-weighted score contribution
+    q_i^(p) . (A k)_i^(p), its absolute value, and the absolute contribution on the top key."""
+
+    needs = ("rot_q", "rot_k")
+
+    def __init__(self, pairs: bool = True):
+        self.pairs = pairs
+        if not pairs:
+            self.needs = ()
+
+    def start(self, ctx: Context):
+        H = ctx.facts.n_heads
+        P = ctx.facts.n_pairs
+        zeros = lambda *shape: torch.zeros(*shape)  # noqa: E731
+        state = {"p0": zeros(H), "p1": zeros(H), "first": zeros(H), "rows": 0, "tokens": 0,
+                 "per_seq": {}}
+        if self.pairs:
+            state.update(q_norm=zeros(H, P), k_norm=zeros(H, P), contrib=zeros(H, P + 1),
+                         contrib_abs=zeros(H, P + 1), top_abs=zeros(H, P + 1))
+        return state
+
+    def update(self, state, rows, start, ctx):
+        facts = ctx.facts
+        P, scaling, kv_of = facts.n_pairs, facts.scaling[ctx.layer], facts.kv_of
+        for b, blk, first in ctx.sequence_rows(rows, start):
+            seq = state["per_seq"].setdefault(b, {"s0": 0.0, "s1": 0.0, "first": 0.0})
+            s0, s1 = self_and_previous_sums(blk, first)
+            seq["s0"], seq["s1"] = seq["s0"] + s0, seq["s1"] + s1
+            seq["first"] = seq["first"] + blk[:, max(0, 1 - first) :, 0].sum(-1)
+            if not self.pairs:
+                continue
+            cols = ctx.batch.real_columns(b)
+            n = blk.shape[1]
+            q = ctx.tensors["rot_q"][b, cols].transpose(0, 1)[:, first : first + n]  # [H, n, d]
+            k = ctx.tensors["rot_k"][b, cols].transpose(0, 1)[kv_of]  # [H, Lb, d] (GQA: shared k)
+            qp, kp = rotary_pairs(q, P), rotary_pairs(k[:, first : first + n], P)
+            state["q_norm"] += qp.norm(dim=-1).sum(1).cpu()
+            state["k_norm"] += kp.norm(dim=-1).sum(1).cpu()
+            state["tokens"] += n
+            kbar = blk @ k  # attention-weighted keys [H, n, d]
+            prod = q * kbar * scaling
+            contrib = torch.cat([rotary_pairs(prod, P).sum(-1), prod[..., 2 * P :].sum(-1, keepdim=True)], -1)
+            state["contrib"] += contrib.sum(1).cpu()
+            state["contrib_abs"] += contrib.abs().sum(1).cpu()
+            top = blk.argmax(-1)  # [H, n]
+            k_top = torch.gather(k, 1, top.unsqueeze(-1).expand(-1, -1, k.shape[-1]))
+            prod = q * k_top * scaling
+            top_terms = torch.cat([rotary_pairs(prod, P).sum(-1), prod[..., 2 * P :].sum(-1, keepdim=True)], -1)
+            state["top_abs"] += top_terms.abs().sum(1).cpu()
+        return state
+
+    def finish(self, state, ctx):
+        for b, seq in state.pop("per_seq").items():
+            length = int(ctx.batch.lengths[b])
+            state["p0"] += (seq["s0"] / max(length - 1, 1)).cpu()
+            state["p1"] += (seq["s1"] / (length - 2)).cpu() if length >= 3 else 0.0
+            state["first"] += (seq["first"] / max(length - 1, 1)).cpu()
+            state["rows"] += 1
+        return state
 
 
 class RopeUsageProbe(Probe):
@@ -62,84 +128,31 @@ class RopeUsageProbe(Probe):
         return None
 
     def check_config(self) -> None:
-        c = self.config
-        if c.seq_len < 4 or c.n_sequences < 1 or c.batch_size < 1:
-            raise BadOptionError("seq_len >= 4, n_sequences >= 1 and batch_size >= 1 are required")
-        if isinstance(c.band_fractions, (int, float)):
-            self.config.band_fractions = (float(c.band_fractions),)
-        if any(not 0 < float(f) <= 1 for f in self.config.band_fractions):
+        if any(not 0 < f <= 1 for f in self.config.band_fractions):
             raise BadOptionError("band_fractions must lie in (0, 1]")
 
     # ------------------------------------------------------------------ one pass
     def _pass(self, model, seqs, bar, full_stats: bool):
         """Loss, P(0)/P(1)/first-token mass per head, and (full_stats) the per-pair sums."""
         c = self.config
-        L, H, P = model.n_layers, model.n_heads, (model.card.rotary_dims or model.d_head) // 2
-        kv_of = torch.tensor([model.card.kv_head_of(h) for h in range(H)])
-        acc = {
-            "q_norm": torch.zeros(L, H, P), "k_norm": torch.zeros(L, H, P),
-            "contrib": torch.zeros(L, H, P + 1), "contrib_abs": torch.zeros(L, H, P + 1),
-            "top_abs": torch.zeros(L, H, P + 1), "p0": torch.zeros(L, H), "p1": torch.zeros(L, H),
-            "first": torch.zeros(L, H), "rows": 0, "tokens": torch.zeros(L),
-        }
+        L = model.n_layers
+        captures = [AttentionCapture("usage", RopeUsageStatistic(pairs=full_stats)), nll_capture("nll")]
+        acc: dict[str, Any] = {}
         nll_sum, nll_n = 0.0, 0
-        scaling = [model.attention_scaling(layer) for layer in range(L)]
-        for start in range(0, len(seqs), c.batch_size):
-            chunk = seqs[start : start + c.batch_size]
-            batch = model.batch(chunk, c.padding_side)
-            stash: dict[str, torch.Tensor] = {}
-
-            def reduce(layer):
-                def hook(pattern, hook):
-                    pat = pattern.detach().float()
-                    for b in range(batch.size):
-                        cols = batch.real_columns(b)
-                        blk = pat[b, :, cols, cols]  # [H, Lb, Lb]
-                        p0, p1 = self_and_previous(blk)
-                        acc["p0"][layer] += p0
-                        acc["p1"][layer] += p1
-                        acc["first"][layer] += blk[:, 1:, 0].mean(-1).cpu()
-                        if layer == 0:
-                            acc["rows"] += 1
-                        if not full_stats:
-                            continue
-                        q = stash["q"][b, cols].transpose(0, 1)  # [H, Lb, d]
-                        k = stash["k"][b, cols].transpose(0, 1)[kv_of]  # [H, Lb, d] (GQA: shared k)
-                        qp, kp = rotary_pairs(q, P), rotary_pairs(k, P)
-                        acc["q_norm"][layer] += qp.norm(dim=-1).sum(1).cpu()
-                        acc["k_norm"][layer] += kp.norm(dim=-1).sum(1).cpu()
-                        acc["tokens"][layer] += q.shape[1]
-                        kbar = blk @ k  # attention-weighted keys [H, Lb, d]
-                        prod = q * kbar * scaling[layer]
-                        contrib = torch.cat([rotary_pairs(prod, P).sum(-1), prod[..., 2 * P :].sum(-1, keepdim=True)], -1)
-                        acc["contrib"][layer] += contrib.sum(1).cpu()
-                        acc["contrib_abs"][layer] += contrib.abs().sum(1).cpu()
-                        top = blk.argmax(-1)  # [H, Lb]
-                        k_top = torch.gather(k, 1, top.unsqueeze(-1).expand_as(k))
-                        prod = q * k_top * scaling[layer]
-                        top_terms = torch.cat([rotary_pairs(prod, P).sum(-1), prod[..., 2 * P :].sum(-1, keepdim=True)], -1)
-                        acc["top_abs"][layer] += top_terms.abs().sum(1).cpu()
-                    return pattern
-
-                return hook
-
-            def loss(hidden, hook):
-                nonlocal nll_sum, nll_n
-                total, count = chunked_nll(model, hidden.detach(), batch)
-                nll_sum, nll_n = nll_sum + total, nll_n + count
-                return hidden
-
-            hooks = []
+        for _, _, out in run_batches(model, seqs, captures, batch_size=c.batch_size, padding_side=c.padding_side,
+                                     progress=bar):
             for layer in range(L):
-                if full_stats:
-                    hooks.extend(model.rotated_qk_hooks(layer, stash.__setitem__))
-                hooks.append((model.hook_name("pattern", layer), reduce(layer)))
-            hooks.append(("unembed.hook_in", loss))
-            model.forward(batch, hooks, logits=False)
-            bar.update(len(chunk))
-        rows = max(acc["rows"], 1)
+                for key, value in out["usage"][layer].items():
+                    if key in ("rows", "tokens"):
+                        acc.setdefault(key, [0] * L)[layer] += value
+                    else:
+                        acc.setdefault(key, torch.zeros(L, *value.shape))[layer] += value
+            total, count = out["nll"]
+            nll_sum, nll_n = nll_sum + total, nll_n + count
+        rows = max(acc["rows"][0], 1)
         for key in ("p0", "p1", "first"):
             acc[key] = acc[key] / rows
+        acc["tokens"] = torch.tensor(acc["tokens"], dtype=torch.float32)
         acc["loss"] = nll_sum / max(nll_n, 1)
         return acc
 
@@ -155,8 +168,7 @@ class RopeUsageProbe(Probe):
         seqs = pdata.natural_sequences(model, texts, c.seq_len)
         model.check_lengths(seqs)
         bands = [(f, False) for f in c.band_fractions] + [(f, True) for f in c.band_fractions]
-        bar = tqdm(total=len(seqs) * (1 + len(bands)), desc=f"rope usage on {model.model_id}", unit="seq",
-                   disable=not progress)
+        bar = Progress(len(seqs) * (1 + len(bands)), f"rope usage on {model.model_id}", enabled=progress)
         base = self._pass(model, seqs, bar, full_stats=True)
         L, H = model.n_layers, model.n_heads
         P = (model.card.rotary_dims or model.d_head) // 2
@@ -267,75 +279,3 @@ class RopeUsageProbe(Probe):
         for _, row in effects.iterrows():
             out[f"loss[{row.condition}]"] = round(float(row.loss), 4)
         return out
-
-    @classmethod
-    def report_tables(cls, result: ProbeResult):
-        pairs = result.tables["pairs"]
-        rows = []
-        for (span, base), g in pairs.groupby(["span", "rope_base"], sort=False):
-            layers = sorted(g.layer.unique())
-            one = g[g.layer == layers[0]].sort_values("pair")
-            picks = sorted({0, len(one) // 4, len(one) // 2, (3 * len(one)) // 4, len(one) - 1})
-            for _, r in one.iloc[picks].iterrows():
-                rows.append({
-                    "layers": f"{len(layers)} layers (e.g. {layers[0]})", "RoPE base": f"{base:g}", "span (tokens)": int(span),
-                    "pair": int(r.pair), "rad/token": f"{r.inv_freq:.3g}", "wavelength (tokens)": f"{r.wavelength:,.0f}",
-                    "wavelength / span": f"{r.wavelength / span:.3g}", "turn across span (rad)": f"{r.rotation_over_span:.3g}",
-                    "position-free in span": bool(r.position_free_in_span),
-                })
-        kinds = result.tables["heads"].groupby("kind").agg(
-            heads=("head", "size"), q_norm_share_low_quarter=("q_norm_share_low_quarter", "mean"),
-            q_norm_share_high_quarter=("q_norm_share_high_quarter", "mean"),
-            top_key_share_high_freq=("top_key_share_high_freq", "mean")).round(3).reset_index()
-        effects = result.tables["band_effects"][["condition", "loss", "delta_loss", "positional_head_score", "delta_positional_score"]].round(4)
-        return {"frequency against span": pd.DataFrame(rows), "bands by head kind": kinds, "p-RoPE band interventions": effects}
-
-    # ------------------------------------------------------------------ figures
-    @classmethod
-    def figures(cls, result: ProbeResult):
-        import plotly.express as px
-        import plotly.graph_objects as go
-
-        figs = {}
-        hp, heads, pairs = result.tables["head_pairs"], result.tables["heads"], result.tables["pairs"]
-        layer_norm = hp.groupby(["layer", "pair"], as_index=False).q_norm.mean()
-        grid = layer_norm.pivot(index="layer", columns="pair", values="q_norm")
-        figs["q_norm_by_pair"] = px.imshow(
-            grid, origin="lower", aspect="auto", color_continuous_scale="Viridis",
-            labels={"x": "rotary pair (0 = highest frequency)", "y": "layer", "color": "mean |q_p|"},
-            title="Mean q norm per rotary pair and layer (Barbero et al. Fig. 3)",
-        )
-        kinds = hp.merge(heads[["layer", "head", "kind"]], on=["layer", "head"])
-        spectrum = kinds.groupby(["kind", "pair"], as_index=False).agg(
-            top_key_share=("top_key_share", "mean"), wavelength=("wavelength", "median"))
-        figs["spectrum_by_kind"] = px.line(
-            spectrum, x="wavelength", y="top_key_share", color="kind", markers=True, log_x=True,
-            labels={"wavelength": "wavelength (tokens, median over layers)", "top_key_share": "share of |score| on the top key"},
-            title="Which frequencies each kind of head draws its score from",
-        )
-        fig = go.Figure()
-        for _, r in heads[heads.kind == "positional"].head(8).iterrows():
-            sel = hp[(hp.layer == r.layer) & (hp["head"] == r["head"])]
-            fig.add_trace(go.Scatter(x=sel.wavelength, y=sel.top_key_share, mode="lines+markers",
-                                     name=f"L{r.layer}H{r['head']} (positional)"))
-        for _, r in heads[heads.kind == "content"].head(4).iterrows():
-            sel = hp[(hp.layer == r.layer) & (hp["head"] == r["head"])]
-            fig.add_trace(go.Scatter(x=sel.wavelength, y=sel.top_key_share, mode="lines", line={"dash": "dot"},
-                                     name=f"L{r.layer}H{r['head']} (content)"))
-        fig.update_layout(title="Per-head frequency spectra: share of the top-key score per pair",
-                          xaxis={"type": "log", "title": "wavelength (tokens)"}, yaxis_title="share")
-        figs["head_spectra"] = fig
-        pl = pairs.copy()
-        pl["layer_kind"] = [f"L{l} (span {s})" for l, s in zip(pl.layer, pl.span)]
-        first_of_kind = pl.drop_duplicates(["span", "rope_base"]).layer.tolist()
-        pl = pl[pl.layer.isin(first_of_kind)]
-        figs["wavelength_vs_span"] = px.scatter(
-            pl, x="pair", y="wavelength", color="layer_kind", log_y=True, symbol="position_free_in_span",
-            title="Wavelength of each pair against the span its layer can see (position-free if it barely turns)",
-        )
-        eff = result.tables["band_effects"]
-        figs["band_effects"] = px.bar(
-            eff, x="condition", y="delta_loss", title="p-RoPE band interventions: change in next-token loss",
-            labels={"delta_loss": "loss - baseline loss (nats/token)"},
-        )
-        return figs

@@ -16,36 +16,58 @@ and a few residual statistics are kept, never T x T patterns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from posbench import data as pdata
+from posbench.batching import run_batches
 from posbench.errors import BadOptionError, EmptyDataError
-from posbench.protocols import Probe, ProbeResult
+from posbench.options import option
+from posbench.progress import Progress
+from posbench.protocols import Probe
+from posbench.sites import AttentionCapture, AttentionStatistic, Capture, Context
 
 INPUT_KINDS = ("natural", "random", "repeated")
 
 
 @dataclass
 class SinkConfig:
-    seq_len: int = 64  # tokens per sequence (Gu et al.: first 64 tokens)
-    n_sequences: int = 16  # per input kind (Gu et al. use 100)
-    k_first: int = 4  # report sink mass for key positions 0 .. k_first-1
-    epsilon: float = 0.3  # sink threshold on alpha
-    inputs: tuple[str, ...] = INPUT_KINDS
-    first_token_test: bool = True
-    n_moved: int = 3  # random tokens put before the first token in the "moved" variant
-    massive_abs: float = 100.0  # Sun et al.: |x| > 100 ...
-    massive_ratio: float = 1000.0  # ... and about 1000x the median |x|
-    top_activations: int = 5  # largest |x| entries kept per (sequence, layer)
-    batch_size: int = 8
-    padding_side: str = "right"
-    seed: int = 0
+    seq_len: int = option(64, min=2, help="tokens per sequence (Gu et al.: the first 64)")
+    n_sequences: int = option(16, min=1, help="sequences per input kind (Gu et al. use 100)")
+    k_first: int = option(4, min=1, help="report sink mass for key positions 0 .. k_first-1")
+    epsilon: float = option(0.3, min=0.0, max=1.0, help="sink threshold on alpha")
+    inputs: tuple[str, ...] = option(INPUT_KINDS, choices=INPUT_KINDS, nonempty=True, help="input kinds")
+    first_token_test: bool = option(True, help="run the first-token-or-position-0 variants")
+    n_moved: int = option(3, min=1, help="random tokens put before the first token in the 'moved' variant")
+    massive_abs: float = option(100.0, min=0.0, help="Sun et al.: |x| > 100 ...")
+    massive_ratio: float = option(1000.0, min=1.0, help="... and about 1000x the median |x|")
+    top_activations: int = option(5, min=1, help="largest |x| entries kept per (sequence, layer)")
+    batch_size: int = option(8, min=1)
+    padding_side: str = option("right", choices=("left", "right"))
+    seed: int = option(0, min=0)
+
+
+def _key_columns(batch, key_index: torch.Tensor, width: int) -> torch.Tensor:
+    return (batch.offsets[:, None] + key_index).clamp(max=width - 1)
+
+
+def _key_mass_sum(rows: torch.Tensor, start: int, attention_mask: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Sum over the real queries among ``rows`` [B, H, n, T] (query rows start..start+n) of the
+    attention on the key columns ``cols`` [B, K]: [B, H, K]."""
+    batch, heads, n, _ = rows.shape
+    cols = cols.to(rows.device)
+    gathered = rows.gather(3, cols[:, None, None, :].expand(batch, heads, n, cols.shape[1]))
+    query_mask = attention_mask[:, start : start + n].to(rows.dtype)[:, None, :, None]
+    return (gathered * query_mask).sum(dim=2)
+
+
+def _per_visible_query(mass: torch.Tensor, lengths: torch.Tensor, key_index: torch.Tensor) -> torch.Tensor:
+    visible = (lengths.to(mass.device)[:, None] - key_index.to(mass.device)).clamp(min=1).to(mass.dtype)
+    return mass / visible[:, None, :]
 
 
 def key_mass(
@@ -60,24 +82,56 @@ def key_mass(
     pattern [B, H, T, T] (query, key); key_index [B, K] holds *real-token* indices (padding
     excluded). Returns [B, H, K]: sum over real queries q >= k of A[q, k], divided by L - k.
     """
-    batch, heads, width, _ = pattern.shape
-    offsets = offsets.to(pattern.device)
-    key_index = key_index.to(pattern.device)
-    cols = (offsets[:, None] + key_index).clamp(max=width - 1)
-    gathered = pattern.gather(3, cols[:, None, None, :].expand(batch, heads, width, cols.shape[1]))
-    query_mask = attention_mask.to(pattern.dtype)[:, None, :, None]
-    mass = (gathered * query_mask).sum(dim=2)
-    visible = (lengths.to(pattern.device)[:, None] - key_index).clamp(min=1).to(pattern.dtype)
-    return mass / visible[:, None, :]
+    cols = (offsets.to(pattern.device)[:, None] + key_index.to(pattern.device)).clamp(max=pattern.shape[-1] - 1)
+    return _per_visible_query(_key_mass_sum(pattern, 0, attention_mask, cols), lengths, key_index)
 
 
-@dataclass
-class _Capture:
-    """Per-batch reductions filled by the hooks."""
+class KeyMass(AttentionStatistic):
+    """Gu et al.'s alpha for the first ``k_first`` keys (and, with ``track``, the key at
+    ``row_meta["tracked"]`` of each row), folded over query-row chunks: [B, H, K(+1)]."""
 
-    key_index: torch.Tensor
-    mass: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, K]
-    resid: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    def __init__(self, k_first: int, track: bool = False):
+        self.k_first, self.track = k_first, track
+
+    def start(self, ctx: Context):
+        batch = ctx.batch
+        key_index = torch.arange(self.k_first).repeat(batch.size, 1)
+        if self.track:
+            tracked = torch.tensor([m.get("tracked", 0) for m in batch.row_meta])
+            key_index = torch.cat([key_index, tracked[:, None]], dim=1)
+        return {"key_index": key_index, "cols": _key_columns(batch, key_index, batch.width), "mass": 0.0}
+
+    def update(self, state, rows, start, ctx):
+        state["mass"] = state["mass"] + _key_mass_sum(rows, start, ctx.batch.attention_mask, state["cols"])
+        return state
+
+    def finish(self, state, ctx):
+        return _per_visible_query(state["mass"], ctx.batch.lengths, state["key_index"]).cpu()
+
+
+def residual_statistics(resid: torch.Tensor, ctx: Context, top_n: int) -> list[dict[str, Any]]:
+    """Per sequence: the median |x| of the residual stream, its top-n entries (value, position,
+    dim) and each position's max |x| with its dim (Sun et al.'s massive activations)."""
+    x = resid.detach()
+    batch = ctx.batch
+    rows = []
+    for b in range(batch.size):
+        absx = x[b, batch.real_columns(b)].float().abs()  # [L_b, D]
+        median = absx.median().item()
+        vals, idx = absx.flatten().topk(min(top_n, absx.numel()))
+        per_pos = absx.max(dim=-1)
+        rows.append(
+            {
+                "seq": b,
+                "median": median,
+                "top_value": vals.tolist(),
+                "top_position": (idx // absx.shape[1]).tolist(),
+                "top_dim": (idx % absx.shape[1]).tolist(),
+                "pos_max": per_pos.values.tolist(),
+                "pos_argdim": per_pos.indices.tolist(),
+            }
+        )
+    return rows
 
 
 class SinkProbe(Probe):
@@ -86,18 +140,20 @@ class SinkProbe(Probe):
     Config = SinkConfig
 
     def check_config(self) -> None:
-        c = self.config
-        if isinstance(c.inputs, str):
-            self.config.inputs = tuple(x.strip() for x in c.inputs.split(",") if x.strip())
-        bad = [k for k in self.config.inputs if k not in INPUT_KINDS]
-        if bad:
-            raise BadOptionError(f"unknown input kind(s) {bad}: choose from {', '.join(INPUT_KINDS)}")
-        if c.seq_len < 2 or c.n_sequences < 1 or c.k_first < 1 or c.batch_size < 1:
-            raise BadOptionError("seq_len >= 2, n_sequences >= 1, k_first >= 1 and batch_size >= 1 are required")
-        if not 0 < c.epsilon < 1:
-            raise BadOptionError(f"epsilon must be in (0, 1), got {c.epsilon}")
-        if c.padding_side not in ("left", "right"):
-            raise BadOptionError("padding_side must be 'left' or 'right'")
+        if not 0 < self.config.epsilon < 1:
+            raise BadOptionError(f"epsilon must be in (0, 1), got {self.config.epsilon}")
+
+    @classmethod
+    def load_data(cls, spec: str):
+        """``--data``: input kinds (natural,random,repeated) or a .txt/.jsonl file of texts."""
+        from pathlib import Path
+
+        if Path(spec).suffix in (".txt", ".jsonl") or Path(spec).exists():
+            return super().load_data(spec)
+        kinds = tuple(k.strip() for k in spec.split(",") if k.strip())
+        if not kinds:
+            raise BadOptionError("--data is empty: give input kinds (natural,random,repeated) or a file")
+        return None, {"inputs": kinds}
 
     # ------------------------------------------------------------------ inputs
     def _inputs(self, model, data) -> tuple[dict[str, list[list[int]]], list[str]]:
@@ -150,71 +206,26 @@ class SinkProbe(Probe):
         return variants
 
     # ------------------------------------------------------------------ capture + reduce
-    def _run_sequences(self, model, seqs, tracked=None, bar=None):
+    def _run_sequences(self, model, seqs, progress, tracked=None):
         """Sink mass [N, L, H, K(+1)] and residual statistics for a list of token sequences."""
         c = self.config
-        model.check_lengths(seqs)
         k_first = min(c.k_first, min(len(s) for s in seqs))
+        row_meta = None if tracked is None else [{"tracked": t if t is not None else 0} for t in tracked]
+        top_n = c.top_activations
+        captures = [
+            AttentionCapture("mass", KeyMass(k_first, track=tracked is not None)),
+            Capture("resid", "resid_post", lambda x, ctx: residual_statistics(x, ctx, top_n)),
+        ]
         masses, resid_rows = [], []
-        for start in range(0, len(seqs), c.batch_size):
-            chunk = seqs[start : start + c.batch_size]
-            batch = model.batch(chunk, c.padding_side)
-            key_index = torch.arange(k_first).repeat(len(chunk), 1)
-            if tracked is not None:
-                t = [tracked[start + i] if tracked[start + i] is not None else 0 for i in range(len(chunk))]
-                key_index = torch.cat([key_index, torch.tensor(t)[:, None]], dim=1)
-            cap = _Capture(key_index)
-            hooks = []
-            for layer in range(model.n_layers):
-                hooks.append((model.hook_name("pattern", layer), self._pattern_hook(cap, batch, layer)))
-                hooks.append((model.hook_name("resid_post", layer), self._resid_hook(cap, batch, layer)))
-            model.forward(batch, hooks, logits=False)
-            if bar is not None:
-                bar.update(len(chunk))
-            masses.append(torch.stack([cap.mass[l] for l in range(model.n_layers)], dim=1))
-            for layer, rows in cap.resid.items():
+        for start, _, out in run_batches(model, seqs, captures, batch_size=c.batch_size, padding_side=c.padding_side,
+                                         row_meta=row_meta, progress=progress):
+            masses.append(torch.stack([out["mass"][l] for l in range(model.n_layers)], dim=1))
+            for layer, rows in out["resid"].items():
                 for row in rows:
                     row["seq"] += start
                     row["layer"] = layer
                     resid_rows.append(row)
         return torch.cat(masses).numpy(), resid_rows, k_first
-
-    @staticmethod
-    def _pattern_hook(cap: _Capture, batch, layer: int):
-        def hook(pattern: torch.Tensor, hook) -> torch.Tensor:
-            cap.mass[layer] = key_mass(
-                pattern.detach().float(), batch.attention_mask, batch.offsets, batch.lengths, cap.key_index
-            ).cpu()
-            return pattern
-
-        return hook
-
-    def _resid_hook(self, cap: _Capture, batch, layer: int):
-        top_n = self.config.top_activations
-
-        def hook(resid: torch.Tensor, hook) -> torch.Tensor:
-            x = resid.detach()
-            rows = []
-            for b in range(batch.size):
-                absx = x[b, batch.real_columns(b)].float().abs()  # [L_b, D]
-                median = absx.median().item()
-                vals, idx = absx.flatten().topk(min(top_n, absx.numel()))
-                per_pos = absx.max(dim=-1)
-                rows.append(
-                    {
-                        "seq": b,
-                        "median": median,
-                        "top_value": vals.tolist(),
-                        "top_position": (idx // absx.shape[1]).tolist(),
-                        "top_dim": (idx % absx.shape[1]).tolist(),
-                        "pos_max": per_pos.values.tolist(),
-                        "pos_argdim": per_pos.indices.tolist(),
-                    }
-                )
-            cap.resid[layer] = rows
-            return resid
-
-        return hook
 
     # ------------------------------------------------------------------ measure
     def measure(self, model, data, progress=False):
@@ -224,7 +235,7 @@ class SinkProbe(Probe):
             model.check_lengths(seqs)  # fail before any compute
         variants = self._first_token_variants(model, texts) if (c.first_token_test and texts) else {}
         total = sum(map(len, kinds.values())) + sum(len(v[0]) for v in variants.values())
-        bar = tqdm(total=total, desc=f"sinks on {model.model_id}", unit="seq", disable=not progress)
+        bar = Progress(total, f"sinks on {model.model_id}", enabled=progress)
         head_rows, massive_rows, position_rows = [], [], []
         data_record: dict[str, Any] = {
             "kinds": {k: len(v) for k, v in kinds.items()},
@@ -235,7 +246,7 @@ class SinkProbe(Probe):
         }
         kind_mass: dict[str, np.ndarray] = {}
         for kind, seqs in kinds.items():
-            mass, resid, k_first = self._run_sequences(model, seqs, bar=bar)
+            mass, resid, k_first = self._run_sequences(model, seqs, bar)
             kind_mass[kind] = mass
             n_seq = mass.shape[0]
             for layer in range(model.n_layers):
@@ -306,7 +317,7 @@ class SinkProbe(Probe):
         c = self.config
         rows, record = [], {}
         for variant, (seqs, tracked) in variants.items():
-            mass, _, k_first = self._run_sequences(model, seqs, tracked, bar=bar)
+            mass, _, k_first = self._run_sequences(model, seqs, bar, tracked)
             has_tracked = np.array([t is not None for t in tracked])
             record[variant] = {"n": len(seqs), "tracked_position": next((t for t in tracked if t is not None), None)}
             for layer in range(model.n_layers):
@@ -362,53 +373,3 @@ class SinkProbe(Probe):
                     else "token" if tok > 2 * p0 else "position 0" if p0 > 2 * tok else "both"
                 )
         return out
-
-    # ------------------------------------------------------------------ figures
-    @classmethod
-    def figures(cls, result: ProbeResult):
-        import plotly.express as px
-        import plotly.graph_objects as go
-
-        figs = {}
-        hm = result.tables["head_mass"]
-        kind = "natural" if "natural" in set(hm["input"]) else hm["input"].iloc[0]
-        k0 = hm[(hm.key_pos == 0) & (hm["input"] == kind)]
-        grid = k0.pivot(index="layer", columns="head", values="mean_mass")
-        figs["first_token_mass"] = px.imshow(
-            grid, origin="lower", aspect="auto", zmin=0, zmax=1, color_continuous_scale="Viridis",
-            labels={"x": "head", "y": "layer", "color": "mass"},
-            title=f"Attention mass on the first token per head ({kind} text, alpha_0)",
-        ).update_xaxes(dtick=1)
-        ls = result.tables["layer_sink_rate"]
-        ls0 = ls[ls.key_pos == 0]
-        figs["sink_rate_by_layer"] = px.line(
-            ls0, x="layer", y="sink_rate", color="input", markers=True, range_y=[0, 1.02],
-            title=f"Sink rate per layer: share of heads x sequences with alpha_0 > {result.config['epsilon']}",
-        )
-        kp = ls[ls["input"] == kind]
-        figs["mass_by_key_position"] = px.line(
-            kp, x="layer", y="mean_mass", color=kp.key_pos.astype(str), markers=True,
-            labels={"color": "key position"}, title=f"Mean mass on each of the first key positions ({kind})",
-        )
-        if "first_token" in result.tables:
-            ft = result.tables["first_token"]
-            by = ft.groupby(["variant", "layer"], as_index=False)[["mass_pos0", "mass_first_token"]].mean()
-            fig = go.Figure()
-            for variant, g in by.groupby("variant", sort=False):
-                fig.add_trace(go.Scatter(x=g.layer, y=g.mass_pos0, mode="lines+markers", name=f"{variant}: position 0"))
-                if g.mass_first_token.notna().any() and variant not in ("as_is",):
-                    fig.add_trace(go.Scatter(x=g.layer, y=g.mass_first_token, mode="lines+markers",
-                                             line={"dash": "dash"}, name=f"{variant}: original first token"))
-            fig.update_layout(title="Does the sink follow the first token or position 0?",
-                              xaxis_title="layer", yaxis_title="mean mass (all heads)", yaxis_range=[0, 1.02])
-            figs["first_token_or_position"] = fig
-        rp = result.tables["resid_position"]
-        rpk = rp[rp["input"] == kind]
-        if len(rpk):
-            g = rpk.pivot(index="layer", columns="position", values="ratio_to_median")
-            figs["massive_activations"] = px.imshow(
-                np.log10(g.clip(lower=1e-3)), origin="lower", aspect="auto", color_continuous_scale="Magma",
-                labels={"x": "position", "y": "layer", "color": "log10 max|x| / median"},
-                title=f"Residual-stream max |x| per position vs the layer median ({kind})",
-            )
-        return figs

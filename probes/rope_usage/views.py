@@ -1,0 +1,84 @@
+"""How a rope-usage result is shown: q norm per pair and layer, frequency spectra by head kind,
+wavelength against span, p-RoPE band effects, and the reading tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from posbench.protocols import ProbeResult
+from posbench.views import ProbeView
+
+
+class RopeUsageView(ProbeView):
+    probe = "rope-usage"
+
+    @classmethod
+    def reading_tables(cls, result: ProbeResult):
+        pairs = result.tables["pairs"]
+        rows = []
+        for (span, base), g in pairs.groupby(["span", "rope_base"], sort=False):
+            layers = sorted(g.layer.unique())
+            one = g[g.layer == layers[0]].sort_values("pair")
+            picks = sorted({0, len(one) // 4, len(one) // 2, (3 * len(one)) // 4, len(one) - 1})
+            for _, r in one.iloc[picks].iterrows():
+                rows.append({
+                    "layers": f"{len(layers)} layers (e.g. {layers[0]})", "RoPE base": f"{base:g}", "span (tokens)": int(span),
+                    "pair": int(r.pair), "rad/token": f"{r.inv_freq:.3g}", "wavelength (tokens)": f"{r.wavelength:,.0f}",
+                    "wavelength / span": f"{r.wavelength / span:.3g}", "turn across span (rad)": f"{r.rotation_over_span:.3g}",
+                    "position-free in span": bool(r.position_free_in_span),
+                })
+        kinds = result.tables["heads"].groupby("kind").agg(
+            heads=("head", "size"), q_norm_share_low_quarter=("q_norm_share_low_quarter", "mean"),
+            q_norm_share_high_quarter=("q_norm_share_high_quarter", "mean"),
+            top_key_share_high_freq=("top_key_share_high_freq", "mean")).round(3).reset_index()
+        effects = result.tables["band_effects"][["condition", "loss", "delta_loss", "positional_head_score", "delta_positional_score"]].round(4)
+        return {"frequency against span": pd.DataFrame(rows), "bands by head kind": kinds, "p-RoPE band interventions": effects}
+
+    @classmethod
+    def figures(cls, result: ProbeResult):
+        import plotly.express as px
+        import plotly.graph_objects as go
+
+        figs = {}
+        hp, heads, pairs = result.tables["head_pairs"], result.tables["heads"], result.tables["pairs"]
+        layer_norm = hp.groupby(["layer", "pair"], as_index=False).q_norm.mean()
+        grid = layer_norm.pivot(index="layer", columns="pair", values="q_norm")
+        figs["q_norm_by_pair"] = px.imshow(
+            grid, origin="lower", aspect="auto", color_continuous_scale="Viridis",
+            labels={"x": "rotary pair (0 = highest frequency)", "y": "layer", "color": "mean |q_p|"},
+            title="Mean q norm per rotary pair and layer (Barbero et al. Fig. 3)",
+        )
+        kinds = hp.merge(heads[["layer", "head", "kind"]], on=["layer", "head"])
+        spectrum = kinds.groupby(["kind", "pair"], as_index=False).agg(
+            top_key_share=("top_key_share", "mean"), wavelength=("wavelength", "median"))
+        figs["spectrum_by_kind"] = px.line(
+            spectrum, x="wavelength", y="top_key_share", color="kind", markers=True, log_x=True,
+            labels={"wavelength": "wavelength (tokens, median over layers)", "top_key_share": "share of |score| on the top key"},
+            title="Which frequencies each kind of head draws its score from",
+        )
+        fig = go.Figure()
+        for _, r in heads[heads.kind == "positional"].head(8).iterrows():
+            sel = hp[(hp.layer == r.layer) & (hp["head"] == r["head"])]
+            fig.add_trace(go.Scatter(x=sel.wavelength, y=sel.top_key_share, mode="lines+markers",
+                                     name=f"L{r.layer}H{r['head']} (positional)"))
+        for _, r in heads[heads.kind == "content"].head(4).iterrows():
+            sel = hp[(hp.layer == r.layer) & (hp["head"] == r["head"])]
+            fig.add_trace(go.Scatter(x=sel.wavelength, y=sel.top_key_share, mode="lines", line={"dash": "dot"},
+                                     name=f"L{r.layer}H{r['head']} (content)"))
+        fig.update_layout(title="Per-head frequency spectra: share of the top-key score per pair",
+                          xaxis={"type": "log", "title": "wavelength (tokens)"}, yaxis_title="share")
+        figs["head_spectra"] = fig
+        pl = pairs.copy()
+        pl["layer_kind"] = [f"L{l} (span {s})" for l, s in zip(pl.layer, pl.span)]
+        first_of_kind = pl.drop_duplicates(["span", "rope_base"]).layer.tolist()
+        pl = pl[pl.layer.isin(first_of_kind)]
+        figs["wavelength_vs_span"] = px.scatter(
+            pl, x="pair", y="wavelength", color="layer_kind", log_y=True, symbol="position_free_in_span",
+            title="Wavelength of each pair against the span its layer can see (position-free if it barely turns)",
+        )
+        eff = result.tables["band_effects"]
+        figs["band_effects"] = px.bar(
+            eff, x="condition", y="delta_loss", title="p-RoPE band interventions: change in next-token loss",
+            labels={"delta_loss": "loss - baseline loss (nats/token)"},
+        )
+        return figs
