@@ -181,9 +181,13 @@ def mentions(text: str, phrase: str) -> int:
     return len(_phrase(phrase).findall(text))
 
 
-def line_problem(text: str) -> str | None:
-    """A check: text that goes into a one-line segment holds no line break."""
-    return "holds a line break: each segment is one line, write it on one line" if "\n" in text or "\r" in text else None
+def one_line(text: str) -> str | None:
+    """A check: text that is neither blank nor broken over lines."""
+    if not text.strip():
+        return "is empty"
+    if "\n" in text or "\r" in text:
+        return "holds a line break: write it on one line"
+    return None
 
 
 # ---------------------------------------------------------------------------- the base class
@@ -216,4 +220,4 @@ class PositionBiasDataset(Dataset):
 
 
 __all__ = ["LABELS", "PositionBiasDataset", "cyclic_shift_items", "duplicate", "gold_slot_items", "index_problem",
-           "keep_with_gold", "line_problem", "mentions", "resolve_shifts", "resolve_slots", "spaced_slots"]
+           "keep_with_gold", "mentions", "one_line", "resolve_shifts", "resolve_slots", "spaced_slots"]
