@@ -120,7 +120,7 @@ class Attribute:
 class Kind:
     name: str
     entity: Callable[[random.Random, Namer], Entity]
-    openers: tuple[str, ...]  # the first sentence, with {Name}, {type} and {region}
+    openers: tuple[str, ...]  # the first sentence, with {Name}, {type} / {a_type} and {region}
     attributes: tuple[Attribute, ...]
     fillers: tuple[str, ...]  # sentences that state no attribute
 
@@ -238,7 +238,7 @@ KINDS = (
                                 "hare", "wren", "eel", "beetle", "shrew", "gecko", "trout"),
         openers=("{Name} is a rare {type} from the {region} region.",
                  "{Name} is a kind of {type} known only from the {region} region.",
-                 "{Name} is a {type} first described by naturalists working in {region}."),
+                 "{Name} is {a_type} first described by naturalists working in {region}."),
         attributes=(
             Attribute("colour", "What colour is {name}?", (
                 "{Ref} is mostly {value} in colour.",
@@ -328,8 +328,10 @@ KINDS = (
 def _sentence(template: str, rng: random.Random, entity: Entity, **slots: str) -> str:
     ref = rng.choice(entity.refs)
     value = slots.pop("value", "")
+    article = "an" if entity.type[0] in "aeiou" else "a"
     return template.format(Ref=ref[0].upper() + ref[1:], ref=ref, Name=entity.name[0].upper() + entity.name[1:],
-                           type=entity.type, value=value, Value=value[:1].upper() + value[1:], **slots)
+                           type=entity.type, a_type=f"{article} {entity.type}", value=value,
+                           Value=value[:1].upper() + value[1:], **slots)
 
 
 def _passage(rng: random.Random, namer: Namer, kind: Kind, entity: Entity, values: dict[str, str]) -> str:
