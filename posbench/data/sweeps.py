@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import BadOptionError, MalformedDataError
 from .base import Dataset
