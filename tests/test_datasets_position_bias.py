@@ -336,3 +336,16 @@ def test_judge_prompt_text_by_hand():
         "Which response is better, A or B?\nBetter response:"
     )
     assert item.gold == 1 and item.meta["order"] == (1, 0) and item.meta["gold_label"] == "B"
+
+
+def test_readme_prompt_examples_are_what_the_code_builds(builtin):
+    from posbench.data import data_dir
+
+    readme = (data_dir() / "README.md").read_text(encoding="utf-8")
+    examples = [KVDataset.row_items(builtin["kv"][0], n_segments=3, slots=[1])[0],
+                MDQADataset.row_items(builtin["mdqa"][3], n_segments=2, slots=[1])[0],
+                MCQDataset.row_items({"id": "q", "topic": "t", "question": "What is the capital of Italy?",
+                                      "options": ["Milan", "Rome", "Venice", "Naples"], "answer": 1}, shifts=[1])[0],
+                JudgeDataset.row_items(USER_ROWS["judge"][0], shifts=[1])[0]]
+    for item in examples:
+        assert f"```\n{item.prompt.text}\n```" in readme, item.item_id

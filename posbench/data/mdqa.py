@@ -91,9 +91,9 @@ class Namer:
         return self._fresh(lambda: (self._syllables(2) + self.rng.choice(_ENDINGS)).capitalize())
 
     def person(self) -> str:
-        """A given name and a surname ("Tira Drouvesk")."""
-        return self._fresh(lambda: f"{(self._syllables(2) + self.rng.choice(('', 'n', 's', 'l'))).capitalize()} "
-                                   f"{(self._syllables(2) + self.rng.choice(_ENDINGS)).capitalize()}")
+        """A given name and a surname, the surname never used before ("Tira Drouvesk")."""
+        given = (self._syllables(2) + self.rng.choice(("", "n", "s", "l"))).capitalize()
+        return f"{given} {self.word()}"
 
 
 # ---------------------------------------------------------------------------- the world
@@ -123,6 +123,40 @@ class Kind:
     openers: tuple[str, ...]  # the first sentence, with {Name}, {type} / {a_type} and {region}
     attributes: tuple[Attribute, ...]
     fillers: tuple[str, ...]  # sentences that state no attribute
+
+
+# Pools of attribute values. Names (rivers, birthplaces, inventors) come from ``Namer``, years from ``_years``.
+EXPORTS = ("copper", "wool", "glass beads", "smoked fish", "barley", "timber", "clay pots", "honey", "linen", "rope",
+           "leather boots", "cider", "slate", "paper", "candles", "cheese", "dyes", "iron nails", "saddles",
+           "baskets", "tea", "salt", "wine", "bricks", "soap", "felt hats", "olive oil", "furniture", "carpets",
+           "lace")
+PROFESSIONS = ("clockmaker", "glassblower", "surveyor", "bookbinder", "cartographer", "beekeeper", "potter",
+               "stonemason", "weaver", "shipwright", "botanist", "chemist", "miller", "printer", "tailor",
+               "blacksmith", "carpenter", "brewer", "locksmith", "lens grinder", "rope maker", "saddler", "tanner",
+               "jeweller", "baker", "dyer")
+INVENTIONS = ("a folding loom", "a tide clock", "a wind-powered saw", "a glass beehive", "a rope-twisting wheel",
+              "a water-cooled kiln", "a brass rain gauge", "a pedal lathe", "a floating lantern",
+              "a spring-loaded plough", "a copper diving bell", "a clockwork oven", "a pocket sundial",
+              "a rolling bridge", "a salt evaporator", "a night compass", "a hand-cranked printing press",
+              "a double-walled ice box", "a sail-powered cart", "a cork life vest", "a lens-grinding wheel",
+              "a counting frame", "a signal lamp", "a seed-sorting sieve")
+COLOURS = ("amber", "azure", "beige", "black", "bronze", "brown", "copper", "crimson", "cream", "emerald", "golden",
+           "grey", "indigo", "ivory", "lavender", "lilac", "maroon", "orange", "pink", "purple", "rust", "saffron",
+           "scarlet", "silver", "teal", "turquoise", "violet", "white", "yellow")
+HABITATS = ("salt marshes", "pine forests", "limestone caves", "mountain lakes", "river deltas", "sand dunes",
+            "bamboo thickets", "peat bogs", "sea cliffs", "birch woods", "high meadows", "mangrove swamps",
+            "volcanic slopes", "reed beds", "desert canyons", "heathland", "rocky islands", "tidal pools",
+            "cloud forests", "chalk grasslands", "frozen tundra", "hot springs", "flooded meadows", "oak woodland")
+DIETS = ("lichen", "reed seeds", "small fish", "snails", "moss", "fallen fruit", "earthworms", "pollen",
+         "mosquito larvae", "water weeds", "ants", "clover", "acorns", "shrimp", "grass seeds", "mushrooms",
+         "tree sap", "spiders", "crickets", "berries", "nectar", "algae", "flies", "bark")
+PURPOSES = ("grinding grain", "measuring rainfall", "lifting water", "weaving rugs", "drying fish", "sorting coins",
+            "cutting ice", "pressing olives", "spinning wool", "sharpening blades", "marking roads", "mixing paint",
+            "testing metals", "pumping air into mines", "combing flax", "polishing lenses", "splitting logs",
+            "sawing stone", "bottling cider", "rolling dough", "hauling boats", "printing maps", "threshing wheat",
+            "winding thread")
+MATERIALS = ("oak", "brass", "cast iron", "walnut", "bamboo", "tin", "pewter", "beech", "bronze", "copper", "steel",
+             "zinc", "cedar", "maple", "horn", "cork", "elm", "birch", "willow", "clay", "granite", "lead")
 
 
 def _years(first: int, last: int) -> tuple[str, ...]:
@@ -165,10 +199,7 @@ KINDS = (
                 "{Ref} earns most of its income by exporting {value}.",
                 "Merchants from {ref} are known far and wide for {value}, its main export.",
                 "Most of the trade in {ref} rests on its main export, {value}.",
-            ), values=("copper", "wool", "glass beads", "smoked fish", "barley", "timber", "clay pots", "honey",
-                     "linen", "rope", "leather boots", "cider", "slate", "paper", "candles", "cheese", "dyes",
-                     "iron nails", "saddles", "baskets", "tea", "salt", "wine", "bricks", "soap", "felt hats",
-                     "olive oil", "furniture", "carpets", "lace")),
+            ), values=EXPORTS),
             Attribute("river", "On which river does {name} stand?", (
                 "{Ref} stands on the {value} River.",
                 "{Ref} lies on the banks of the {value} River.",
@@ -209,22 +240,13 @@ KINDS = (
                 "By trade, {ref} was a {value}.",
                 "{Ref} earned a living as a {value}.",
                 "{Ref} trained as a {value} and never changed trade.",
-            ), values=("clockmaker", "glassblower", "surveyor", "bookbinder", "cartographer", "beekeeper", "potter",
-                     "stonemason", "weaver", "shipwright", "botanist", "chemist", "miller", "printer", "tailor",
-                     "blacksmith", "carpenter", "brewer", "locksmith", "lens grinder", "rope maker", "saddler",
-                     "tanner", "jeweller", "baker", "dyer")),
+            ), values=PROFESSIONS),
             Attribute("invention", "What did {name} invent?", (
                 "{Ref} invented {value}.",
                 "{Ref} is best remembered for inventing {value}.",
                 "The most famous invention of {ref} is {value}.",
                 "After years of trials, {ref} invented {value}.",
-            ), values=("a folding loom", "a tide clock", "a wind-powered saw", "a glass beehive",
-                     "a rope-twisting wheel", "a water-cooled kiln", "a brass rain gauge", "a pedal lathe",
-                     "a floating lantern", "a spring-loaded plough", "a copper diving bell", "a clockwork oven",
-                     "a pocket sundial", "a rolling bridge", "a salt evaporator", "a night compass",
-                     "a hand-cranked printing press", "a double-walled ice box", "a sail-powered cart",
-                     "a cork life vest", "a lens-grinding wheel", "a counting frame", "a signal lamp",
-                     "a seed-sorting sieve")),
+            ), values=INVENTIONS),
         ),
         fillers=("{Ref} kept detailed notebooks throughout a long life.",
                  "{Ref} rarely travelled and preferred to work alone.",
@@ -245,29 +267,19 @@ KINDS = (
                 "{Ref} is easy to recognise by its {value} colouring.",
                 "Seen up close, {ref} is {value} almost all over.",
                 "{Ref} is {value}, with a slightly paler underside.",
-            ), values=("amber", "azure", "beige", "black", "bronze", "brown", "copper", "crimson", "cream",
-                     "emerald", "golden", "grey", "indigo", "ivory", "lavender", "lilac", "maroon", "orange",
-                     "pink", "purple", "rust", "saffron", "scarlet", "silver", "teal", "turquoise", "violet",
-                     "white", "yellow")),
+            ), values=COLOURS),
             Attribute("habitat", "Where does {name} live?", (
                 "{Ref} lives in {value}.",
                 "{Ref} is found only in {value}.",
                 "The natural home of {ref} is {value}.",
                 "{Ref} makes its home in {value}.",
-            ), values=("salt marshes", "pine forests", "limestone caves", "mountain lakes", "river deltas",
-                     "sand dunes", "bamboo thickets", "peat bogs", "sea cliffs", "birch woods", "high meadows",
-                     "mangrove swamps", "volcanic slopes", "reed beds", "desert canyons", "heathland",
-                     "rocky islands", "tidal pools", "cloud forests", "chalk grasslands", "frozen tundra",
-                     "hot springs", "flooded meadows", "oak woodland")),
+            ), values=HABITATS),
             Attribute("diet", "What does {name} mainly eat?", (
                 "{Ref} feeds mainly on {value}.",
                 "{Ref} lives almost entirely on {value}.",
                 "The diet of {ref} consists mostly of {value}.",
                 "{Ref} spends much of the day searching for {value}, its main food.",
-            ), values=("lichen", "reed seeds", "small fish", "snails", "moss", "fallen fruit", "earthworms",
-                     "pollen", "mosquito larvae", "water weeds", "ants", "clover", "acorns", "shrimp",
-                     "grass seeds", "mushrooms", "tree sap", "spiders", "crickets", "berries", "nectar", "algae",
-                     "flies", "bark")),
+            ), values=DIETS),
         ),
         fillers=("{Ref} is most active in the early morning.",
                  "Local people say that seeing one brings good weather.",
@@ -300,19 +312,13 @@ KINDS = (
                 "{Ref} was built for {value}.",
                 "Workshops used {ref} mainly for {value}.",
                 "The purpose of {ref} was {value}.",
-            ), values=("grinding grain", "measuring rainfall", "lifting water", "weaving rugs", "drying fish",
-                     "sorting coins", "cutting ice", "pressing olives", "spinning wool", "sharpening blades",
-                     "marking roads", "mixing paint", "testing metals", "pumping air into mines", "combing flax",
-                     "polishing lenses", "splitting logs", "sawing stone", "bottling cider", "rolling dough",
-                     "hauling boats", "printing maps", "threshing wheat", "winding thread")),
+            ), values=PURPOSES),
             Attribute("material", "What is {name} mostly made of?", (
                 "{Ref} is made mostly of {value}.",
                 "The frame of {ref} is built from {value}.",
                 "{Ref} is made almost entirely of {value}.",
                 "Most parts of {ref} are made of {value}.",
-            ), values=("oak", "brass", "cast iron", "walnut", "bamboo", "tin", "pewter", "beech", "bronze", "copper",
-                     "steel", "zinc", "cedar", "maple", "horn", "cork", "elm", "birch", "willow", "clay", "granite",
-                     "lead")),
+            ), values=MATERIALS),
         ),
         fillers=("Only a handful of the original machines survive today.",
                  "Early users complained that it was noisy.",
