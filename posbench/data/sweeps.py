@@ -12,8 +12,8 @@ Two sweeps turn a row into ``ScoredItem``s:
   permutation of the segments (PINE) moves label and content together, so ``gold`` stays right.
 
 ``PositionBiasDataset`` adds ``row_items(row, **sweep)`` / ``scored_items(**sweep)`` and unique
-row ids to ``Dataset``. The check helpers (``index_problem``, ``duplicate``, ``mentions``) phrase
-the reasons that ``check_row`` returns.
+row ids to ``Dataset``. The check helpers (``index_problem``, ``duplicate``, ``mentions``,
+``one_line``) phrase the reasons that ``check_row`` returns.
 """
 
 from __future__ import annotations
