@@ -8,7 +8,12 @@ generates, loads and validates them lives here. ``datasets()`` lists every regis
 from __future__ import annotations
 
 from .base import Dataset, Field, data_dir, non_empty, read_text_file
+from .judge import JudgeDataset
+from .kv import KVDataset
+from .mcq import MCQDataset
+from .mdqa import MDQADataset
 from .segments import ScoredItem, SegmentedPrompt
+from .sweeps import PositionBiasDataset
 from .texts import (
     TextDataset,
     load_texts,
@@ -18,7 +23,13 @@ from .texts import (
     repeated_token_sequences,
 )
 
+POSITION_BIAS_DATASETS: dict[str, type[PositionBiasDataset]] = {
+    cls.name: cls for cls in (KVDataset, MDQADataset, MCQDataset, JudgeDataset)
+}
+"""The position-bias datasets by name (``python -m posbench.data NAME`` regenerates one)."""
+
 __all__ = [
+    "POSITION_BIAS_DATASETS", "JudgeDataset", "KVDataset", "MCQDataset", "MDQADataset", "PositionBiasDataset",
     "Dataset", "Field", "ScoredItem", "SegmentedPrompt", "TextDataset", "data_dir", "load_texts", "natural_sequences", "natural_texts",
     "non_empty", "random_token_sequences", "repeated_token_sequences", "read_text_file",
 ]
