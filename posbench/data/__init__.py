@@ -8,6 +8,8 @@ generates, loads and validates them lives here. ``datasets()`` lists every regis
 from __future__ import annotations
 
 from .base import Dataset, Field, data_dir, non_empty, read_text_file
+from .refusal import RefusalDataset
+from .refusal_phrases import REFUSAL_PHRASES, is_refusal, refusal_match, refusal_score, refusal_token_ids
 from .segments import ScoredItem, SegmentedPrompt
 from .texts import (
     TextDataset,
@@ -19,6 +21,8 @@ from .texts import (
 )
 
 __all__ = [
+    "REFUSAL_PHRASES", "RefusalDataset",
     "Dataset", "Field", "ScoredItem", "SegmentedPrompt", "TextDataset", "data_dir", "load_texts", "natural_sequences", "natural_texts",
-    "non_empty", "random_token_sequences", "repeated_token_sequences", "read_text_file",
+    "is_refusal", "non_empty", "random_token_sequences", "refusal_match", "refusal_score", "refusal_token_ids",
+    "repeated_token_sequences", "read_text_file",
 ]
