@@ -26,7 +26,7 @@ from posbench.errors import BadOptionError, EmptyDataError, MalformedDataError
 MODELS = Path.home() / ".cache" / "posbench" / "models"
 
 # sha256 of the sorted "id split" lines of the shipped file: the split is fixed, this pins it.
-# If you change the pools on purpose, regenerate (python -m posbench.data.refusal) and update.
+# If you change the pools on purpose, regenerate (posbench.data.refusal.write_builtin()) and update.
 SPLIT_DIGEST = "18406de018c40dba"
 
 
@@ -75,6 +75,13 @@ def test_split_is_pinned(builtin):
 def test_builtin_equals_generate_seed_0(builtin):
     assert builtin.rows == RefusalDataset.generate(seed=0).rows
     assert builtin.record()["digest"] == RefusalDataset.generate(seed=0).record()["digest"]
+
+
+def test_write_builtin_reproduces_the_shipped_file(tmp_path):
+    from posbench.data.refusal import write_builtin
+
+    written = write_builtin(tmp_path / "refusal.jsonl")
+    assert written.read_bytes() == (data_dir() / "refusal.jsonl").read_bytes()
 
 
 def test_shipped_splits_are_reproduced_from_the_texts(builtin):

@@ -20,14 +20,13 @@ output. Both need two matched sets of instructions. ``RefusalDataset.builtin()``
 Rows: ``{"id", "instruction", "label": "harmful"|"harmless", "category", "split":
 "train"|"val"|"test"}``. A user's JSONL (an AdvBench or HarmBench copy) needs ``instruction`` and
 ``label``; ``id``, ``category`` and ``split`` are filled in when missing. Regenerate the shipped
-copy with ``python -m posbench.data.refusal`` (from the repository root).
+copy with ``write_builtin()``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -247,15 +246,12 @@ class RefusalDataset(Dataset):
         return rec
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m posbench.data.refusal [OUT]``: write ``generate(seed=0)`` to OUT
-    (``datasets/refusal.jsonl`` by default), the shipped copy."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    out = Path(args[0] if args else "datasets/refusal.jsonl")
+def write_builtin(path: str | Path = "datasets/refusal.jsonl") -> Path:
+    """Write ``generate(seed=0)``, the shipped copy, to ``path`` (default: run from the repository
+    root). ``python -c "from posbench.data.refusal import write_builtin; write_builtin()"``."""
     ds = RefusalDataset.generate(seed=0)
-    ds.to_jsonl(out)
-    print(f"wrote {len(ds)} rows to {out}")
-    return 0
+    print(f"writing {len(ds)} rows to {path}")
+    return ds.to_jsonl(path)
 
 
 # ====================================================================================== the pools
@@ -627,7 +623,5 @@ HARMLESS: dict[str, tuple[str, ...]] = {
 
 
 __all__ = ["HARMFUL", "HARMLESS", "LABELS", "OPENINGS", "SPLITS", "SPLIT_FRACTIONS", "UNSPECIFIED",
-           "RefusalDataset", "assign_splits", "split_sizes"]
+           "RefusalDataset", "assign_splits", "split_sizes", "write_builtin"]
 
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
