@@ -2,7 +2,8 @@
 
 ``datasets/`` in the repository holds the data files only (no ``__init__.py``, so it never
 shadows HuggingFace ``datasets``); it installs as ``posbench/_datasets``. The code that
-generates, loads and validates them lives here. ``datasets()`` lists every registered dataset.
+generates, loads and validates them lives here; ``posbench.registry.datasets()`` lists every
+registered dataset.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from .judge import JudgeDataset
 from .kv import KVDataset
 from .mcq import MCQDataset
 from .mdqa import MDQADataset
+from .refusal import RefusalDataset
+from .refusal_phrases import REFUSAL_PHRASES, is_refusal, refusal_match, refusal_score, refusal_token_ids
 from .segments import ScoredItem, SegmentedPrompt
 from .sweeps import PositionBiasDataset
 from .texts import (
@@ -30,6 +33,8 @@ POSITION_BIAS_DATASETS: dict[str, type[PositionBiasDataset]] = {
 
 __all__ = [
     "POSITION_BIAS_DATASETS", "JudgeDataset", "KVDataset", "MCQDataset", "MDQADataset", "PositionBiasDataset",
+    "REFUSAL_PHRASES", "RefusalDataset",
     "Dataset", "Field", "ScoredItem", "SegmentedPrompt", "TextDataset", "data_dir", "load_texts", "natural_sequences", "natural_texts",
-    "non_empty", "random_token_sequences", "repeated_token_sequences", "read_text_file",
+    "is_refusal", "non_empty", "random_token_sequences", "refusal_match", "refusal_score", "refusal_token_ids",
+    "repeated_token_sequences", "read_text_file",
 ]
