@@ -1,0 +1,13 @@
+"""Position-bias metrics: pure functions over tidy tables (no model).
+
+The probe hands over ``scores`` (one row per item x variant x choice, see ``scores.py``) or an
+attention table (one row per item x variant x layer x slot); every function returns a tidy
+DataFrame or a small dict of them. Definitions: docs/position-bias-metrics.md.
+"""
+
+from __future__ import annotations
+
+from .curves import SHAPE_STATS, shape_stats
+from .scores import SCORE_COLUMNS, predictions
+
+__all__ = ["SCORE_COLUMNS", "SHAPE_STATS", "predictions", "shape_stats"]
