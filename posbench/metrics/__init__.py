@@ -8,6 +8,10 @@ DataFrame or a small dict of them. Definitions: docs/position-bias-metrics.md.
 from __future__ import annotations
 
 from .curves import SHAPE_STATS, shape_stats
+from .position_bias import content_consistency, invariance_check, length_sweep, shape_summary, u_curve
 from .scores import SCORE_COLUMNS, predictions
 
-__all__ = ["SCORE_COLUMNS", "SHAPE_STATS", "predictions", "shape_stats"]
+__all__ = [
+    "SCORE_COLUMNS", "SHAPE_STATS", "content_consistency", "invariance_check", "length_sweep", "predictions",
+    "shape_stats", "shape_summary", "u_curve",
+]
