@@ -76,7 +76,7 @@ def slot_curves(
     frame = frame.dropna(subset=[slot])
     group = list(group)
     out = []
-    for keys, g in frame.groupby(group, sort=True) if group else [((), frame)]:
+    for keys, g in frame.groupby(group, sort=True):
         keys = dict(zip(group, keys))
         per_item = g.groupby(["item_id", slot], sort=True)[list(values)].mean().unstack(slot)
         mats = {v: per_item[v].to_numpy(float) for v in values}
