@@ -266,7 +266,7 @@ def feasibility_figure(table: pd.DataFrame, title: str | None = None):
     if table.empty:
         fig.update_layout(title=title or "RoPE base feasibility (no RoPE layers)")
         return fig
-    labels = [f"{r.layer_type} · span {r.span:,} · base {r.base:g}" for r in table.itertuples()]
+    labels = [f"{r.layer_type} · span {r.span:,} · base {r.base:,.0f}" for r in table.itertuples()]
     for i, r in enumerate(table.itertuples()):
         fig.add_trace(go.Scatter(
             x=[r.lower_bound, r.upper_bound], y=[labels[i]] * 2, mode="lines",
@@ -289,10 +289,10 @@ def feasibility_figure(table: pd.DataFrame, title: str | None = None):
     ))
     first = table.iloc[0]
     fig.update_layout(
-        title=title or (f"RoPE base feasibility ({first.convention} convention, eps={first.eps}, "
-                        f"depth N={first.depth}, {first.dtype})"),
+        title=title or (f"RoPE base feasibility ({first['convention']} convention, eps={first['eps']}, "
+                        f"depth N={first['depth']}, {first['dtype']})"),
         xaxis=dict(type="log", title="RoPE base"), yaxis=dict(title=None, autorange="reversed"),
-        legend=dict(orientation="h", y=-0.2), height=220 + 60 * len(table),
+        legend=dict(orientation="h", y=-0.35), height=260 + 60 * len(table),
     )
     return fig
 
