@@ -221,7 +221,7 @@ class GramAccumulator:
         return self
 
     def update_hook(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> "GramAccumulator":
-        """Fold in a hook tensor [batch, pos, heads, d_head] (``hook_rot_k`` etc.), dropping padding."""
+        """Fold in a hook tensor [batch, pos, heads, d_head] (the ``rot_k`` site etc.), dropping padding."""
         if x.dim() != 4:
             raise ValueError(f"expected [batch, pos, heads, d_head], got {tuple(x.shape)}")
         flat = x.permute(2, 0, 1, 3).reshape(x.shape[2], -1, x.shape[3])
