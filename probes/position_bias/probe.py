@@ -185,12 +185,13 @@ class PositionBiasProbe(Probe):
     @staticmethod
     def _attention_rows(model, t: TaskItem, mass: np.ndarray) -> list[dict]:
         """Head-averaged mass per layer and slot ([layers, heads, segments] in), with the
-        segment's length in tokens."""
+        segment's length in tokens and the variant's columns."""
         spans = model.tokenize_segments(t.item.prompt)[1].segments
         per_layer = mass.mean(axis=1)
         return [{"task": t.task, "item_id": t.row_id, "variant": t.variant, "n_segments": len(spans),
                  "layer": layer, "slot": slot, "mass": float(per_layer[layer, slot]),
-                 "is_gold": slot == t.item.gold_segment, "n_tokens": end - start, "gold_slot": t.item.gold_segment}
+                 "is_gold": slot == t.item.gold_segment, "n_tokens": end - start, "gold_slot": t.item.gold_segment,
+                 **t.columns}
                 for layer in range(mass.shape[0]) for slot, (start, end) in enumerate(spans)]
 
     def _generate(self, model, items: list[TaskItem], progress: bool):

@@ -63,8 +63,10 @@ class TaskItem:
 def retrieval_item(task: str, item: ScoredItem, variant: str | None = None, order: Sequence[int] | None = None) -> TaskItem:
     """A kv/mdqa item. Choice j is content j (row order of the kept segments); the gold one sits
     at ``gold_segment`` and the others in row order around it. ``order`` (``order[slot]`` = the
-    slot it came from) describes a later permutation of those segments (AttnRank)."""
-    gold, slot = item.gold, item.gold_segment
+    slot it came from) says the segments were permuted after that sweep (AttnRank);
+    ``gold_segment`` is then the gold's slot after the permutation."""
+    gold = item.gold
+    slot = item.gold_segment if order is None else order[item.gold_segment]  # before the permutation
     slots = []
     for j in range(len(item.choices)):
         o = j - (j > gold)  # index among the other segments
