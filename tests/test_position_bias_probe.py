@@ -39,10 +39,12 @@ from posbench.cli import main
 from posbench.data import KVDataset, MCQDataset
 from posbench.errors import BadOptionError, MalformedDataError
 from posbench.interventions.rope_bands import RopePositionFree
+from posbench.metrics import apply_attnrank
 from posbench.probes.position_bias import PositionBiasProbe, chat_frame, chat_prompt, parse_choice, resolve_format
 from posbench.probes.position_bias.prompts import formatted_item
 from posbench.probes.position_bias.tasks import choice_item, fit_segments, retrieval_item
 from posbench.protocols import InputEdit
+from posbench.scoring import continuation_logprobs
 from posbench.store import Store
 
 
@@ -154,12 +156,18 @@ def test_attnrank_conditions_are_wired(tiny_llama):
     top, bottom = profile.loc[profile["rank"] == 0, "slot"].item(), profile.loc[profile["rank"] == 2, "slot"].item()
     assert table.loc["attnrank", "gold_slot"] == top and table.loc["attnrank reversed", "gold_slot"] == bottom
     assert table.loc["gold first", "gold_slot"] == 0 and (table["n_items"] == 2).all()  # 1 calibration row, 2 held out
-    # "gold first" is the sweep's slot-0 prompt: the same numbers
-    sweep = result.tables["scores"]
+    # the re-ordered prompt, rebuilt by hand from the profile, scores as the table says
+    ranked = result.tables["attnrank_scores"].query("variant == 'attnrank' and item_id == 'kv-001'")
+    row = KVDataset.builtin()[1]
+    base = KVDataset.row_items(row, n_segments=3, slots=[0])[0]
+    prompt = apply_attnrank(base.prompt, profile[["slot", "mass", "rank"]])
+    assert prompt.segments[top] == base.prompt.segments[0]  # the gold pair sits in the most attended slot
+    want = continuation_logprobs(tiny_llama, [prompt], [list(base.choices)]).logprobs[0]
+    np.testing.assert_allclose(ranked.sort_values("choice")["logprob"], want, atol=1e-5)
+    assert (ranked["gold_slot"] == top).all()
+    sweep = result.tables["scores"].query("variant == 'n3:slot0' and item_id in ['kv-001', 'kv-002']")
     first = result.tables["attnrank_scores"].query("variant == 'gold first'")
-    merged = first.merge(sweep[sweep["variant"] == "n3:slot0"], on=["item_id", "choice"], suffixes=("", "_sweep"))
-    assert len(merged) == len(first) == 6
-    np.testing.assert_allclose(merged["logprob"], merged["logprob_sweep"], atol=1e-5)
+    assert first["logprob"].tolist() == sweep["logprob"].tolist()
 
 
 def test_sizes_are_capped_by_the_context(tiny_llama):

@@ -214,12 +214,13 @@ class PositionBiasProbe(Probe):
         return rows, gens
 
     # ------------------------------------------------------------------ AttnRank
-    def _attnrank(self, model, rows_used, attention: pd.DataFrame, frame, progress_enabled: bool):
+    def _attnrank(self, model, rows_used, attention: pd.DataFrame, scores: pd.DataFrame, frame, progress: bool):
         """Calibrate on the first ``attnrank_calib`` rows, re-order the held-out rows' prompts
-        (gold ranked most relevant: into the most / least attended slot), score them."""
+        (gold ranked most relevant: into the most / least attended slot) and score them; the
+        retrieval order (gold first) comes from the sweep."""
         c = self.config
         layers = list(c.attnrank_layers) or None
-        items, profiles, held_out, notes = [], [], {}, []
+        items, reused, profiles, held_out, notes = [], [], [], {}, []
         for (task, n), att in attention[attention["task"].isin(RETRIEVAL)].groupby(["task", "n_segments"], sort=False):
             order_rows = [r for r in rows_used[task] if min(n, len(r[SEGMENT_FIELD[task]])) == n]
             calib = [r["id"] for r in order_rows[: c.attnrank_calib]]
@@ -227,26 +228,30 @@ class PositionBiasProbe(Probe):
             if not held:
                 notes.append(f"{task}: AttnRank needs more rows than attnrank_calib={c.attnrank_calib} (n_segments={n})")
                 continue
-            if layers and max(layers) >= model.n_layers:
-                raise BadOptionError(f"attnrank_layers {layers}: {model.model_id} has layers 0-{model.n_layers - 1}")
             profile = attnrank_profile(att[att["item_id"].isin(calib)], layers=layers)
             profiles.append(profile.assign(task=task, n_segments=n))
             held_out[(task, n)] = [r["id"] for r in held]
+            # the sweep always visits slot 0 (evenly spaced slots include the first): gold first
+            reused.append(scores[(scores["task"] == task) & (scores["variant"] == f"n{n}:slot0")
+                                 & scores["item_id"].isin(held_out[(task, n)])].assign(variant="gold first"))
             for row in held:
                 base = formatted_item(DATASETS[task].row_items(row, n_segments=n, slots=[0])[0], frame)
                 for condition, ranking in (("attnrank", None), ("attnrank reversed", list(range(n))[::-1])):
                     order = attnrank_order(profile, ranking)
                     moved = replace(base, prompt=apply_attnrank(base.prompt, profile, ranking), gold_segment=order.index(0))
                     items.append(retrieval_item(task, moved, condition, order))
-                items.append(retrieval_item(task, base, "gold first"))
         if not items:
             return None, None, held_out, notes
-        rows, _, _ = self._score(model, items, "AttnRank", progress_enabled, attention=False)
-        return pd.DataFrame(rows), pd.concat(profiles, ignore_index=True), held_out, notes
+        rows, _, _ = self._score(model, items, "AttnRank", progress, attention=False)
+        reordered = pd.concat([pd.DataFrame(rows), *reused], ignore_index=True)
+        return reordered, pd.concat(profiles, ignore_index=True), held_out, notes
 
     # ------------------------------------------------------------------ measure
     def measure(self, model, data, progress=False):
         c = self.config
+        if c.attnrank_layers and max(c.attnrank_layers) >= model.n_layers:
+            raise BadOptionError(f"attnrank_layers={list(c.attnrank_layers)}: {model.model_id} has layers "
+                                 f"0-{model.n_layers - 1}")
         fmt = resolve_format(model, c.prompt_format)
         frame = chat_frame(model) if fmt == "chat" else None
         datasets = self._datasets(data)
@@ -271,7 +276,7 @@ class PositionBiasProbe(Probe):
         if head_rows:
             tables["attention_heads"] = pd.DataFrame(head_rows)
         if c.attnrank and attn is not None:
-            reordered, profiles, held_out, rank_notes = self._attnrank(model, rows_used, attn, frame, progress)
+            reordered, profiles, held_out, rank_notes = self._attnrank(model, rows_used, attn, scores, frame, progress)
             notes += rank_notes
             if reordered is not None:
                 tables["attnrank"] = analysis.attnrank_table(scores, reordered, held_out, c.normalise)
