@@ -137,6 +137,12 @@ def test_label_rotation_items_know_their_slots():
     assert t.choice_contents == (3, 0, 1, 2)
     assert t.item.choices[t.item.gold].strip() == "ABCD"[t.choice_slots.index(t.item.gold_segment)]
     assert t.variant == "shift1:labels2" and t.columns["meta_assignment"] == 3
+    every = [choice_item("mcq", it) for it in MCQDataset.row_items(row, label_shifts=None)]
+    assert len(every) == 16 and len({t.item.item_id for t in every}) == 16
+    pairs = pd.Series([(j, s) for t in every for j, s in enumerate(t.choice_slots)]).value_counts()
+    assert len(pairs) == 16 and (pairs == 4).all()  # every label in every slot equally often
+    golds = pd.Series([t.item.gold_segment for t in every]).value_counts()
+    assert (golds == 4).all()  # and the correct content too
 
 
 def test_retrieval_items_know_their_slots():
