@@ -36,11 +36,11 @@ import torch
 
 import posbench
 from posbench.cli import main
-from posbench.data import KVDataset, MCQDataset
+from posbench.data import JudgeDataset, KVDataset, MCQDataset
 from posbench.errors import BadOptionError, MalformedDataError
 from posbench.interventions.rope_bands import RopePositionFree
 from posbench.metrics import apply_attnrank
-from posbench.probes.position_bias import PositionBiasProbe, chat_frame, chat_prompt, parse_choice, resolve_format
+from posbench.probes.position_bias import PositionBiasProbe, analysis, chat_frame, chat_prompt, parse_choice, resolve_format
 from posbench.probes.position_bias.prompts import formatted_item
 from posbench.probes.position_bias.tasks import choice_item, fit_segments, retrieval_item
 from posbench.protocols import InputEdit
@@ -277,3 +277,38 @@ def test_bad_rows_are_rejected_with_their_line_and_nothing_is_stored(tmp_path, c
     assert dataset.name == "kv" and options == {"task": "kv"}
     with pytest.raises(BadOptionError, match="task=mcq"):
         PositionBiasProbe(task="mcq")._datasets(dataset)
+
+
+def _toy_choice_scores(task, rows, prefers):
+    """The probe's scores table for mcq/judge items (every shift x every label rotation) scored
+    by a toy model: logprob 0 for the choice ``prefers(label, slot)`` picks, -1 otherwise."""
+    dataset = {"mcq": MCQDataset, "judge": JudgeDataset}[task]
+    out = []
+    for row in rows:
+        for item in dataset.row_items(row, label_shifts=None):
+            t = choice_item(task, item)
+            scores = [0.0 if prefers("ABCD"[j], t.choice_slots[j]) else -1.0 for j in range(len(item.choices))]
+            out += t.score_rows(scores, [1] * len(scores), 50)
+    return pd.DataFrame(out)
+
+
+@pytest.mark.parametrize("task", ["mcq", "judge"])
+def test_label_bias_and_slot_bias_are_told_apart(task):
+    """Hand-computable: a model that always answers "A" (pure label-token bias) is perfectly
+    consistent when the labels move with the contents and never when they stay fixed, and picks
+    every slot equally often; a model that always picks the first slot (pure position bias) is
+    inconsistent in both protocols and picks every label equally often."""
+    rows = {"mcq": MCQDataset, "judge": JudgeDataset}[task].builtin().rows[:3]
+    k = 4 if task == "mcq" else 2
+    for prefers, fixed, moving, label_a, slot_0 in (
+        (lambda label, slot: label == "A", 0.0, 1.0, 1.0, 1 / k),
+        (lambda label, slot: slot == 0, 0.0, 0.0, 1 / k, 1.0),
+    ):
+        tables, _ = analysis.analyse(_toy_choice_scores(task, rows, prefers), None, normalise=False, n_boot=0, seed=0,
+                                     pride_calib_frac=0.34)
+        cons = tables["consistency"].set_index("protocol")["consistency"]
+        assert (cons["labels fixed"], cons["labels move"]) == (fixed, moving)
+        sel = tables["selection"].set_index(["by", "value"])["rate"]
+        assert sel[("label", "A")] == pytest.approx(label_a) and sel[("slot", "0")] == pytest.approx(slot_0)
+        curve = tables["u_curve"]  # accuracy by gold slot: flat for the label-biased model (labels rotate)
+        assert np.ptp(curve["accuracy"]) == (0 if label_a == 1 else 1)

@@ -220,7 +220,7 @@ def summary(tables: dict[str, pd.DataFrame], normalise: bool) -> dict[str, Any]:
         for (task, n), g in tables["attention_shape"].groupby(["task", "n_segments"], sort=False):
             if task not in RETRIEVAL:
                 continue
-            wide = g.pivot_table(index="layer", columns="stat", values="value")
+            wide = g.pivot(index="layer", columns="stat", values="value")
             basin = ((wide["primacy"] > 0) & (wide["recency"] > 0)).sum()
             out[f"{task}.n{n}.basin_layers"] = f"{int(basin)} of {len(wide)}"
     if "attnrank" in tables:

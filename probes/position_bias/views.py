@@ -76,6 +76,19 @@ class PositionBiasView(ProbeView):
                 figs[f"u_curve_{metric}"] = _band_figure(
                     retrieval, "depth", metric, f"Lost in the middle: {CURVES[metric][3]} by the gold segment's position",
                     "gold position (0 = first segment, 1 = last)")
+            sizes = t["lengths"][t["lengths"]["task"].isin(RETRIEVAL)]
+            swept = retrieval.merge(sizes[["task", "n_segments", "prompt_tokens"]], on=["task", "n_segments"])
+            for task, g in swept.groupby("task", sort=False):
+                if g["n_segments"].nunique() < 2:
+                    continue
+                g = g.assign(tokens=g["prompt_tokens"].round().astype(int).astype(str) + " tokens ("
+                             + g["n_segments"].astype(str) + " segments)", depth=g["depth"].round(2))
+                grid = g.pivot_table(index="depth", columns="tokens", values="gold_logp_norm", sort=False)
+                figs[f"length_sweep_{task}"] = px.imshow(
+                    grid[sorted(grid.columns, key=lambda c: int(c.split()[0]))], origin="lower", aspect="auto",
+                    color_continuous_scale="RdYlGn", labels={"x": "prompt length", "y": "gold depth",
+                                                             "color": "log p(gold), renormalised"},
+                    title=f"Context-length sweep ({task}): gold log-probability by length and depth")
         choice = curve[~curve["task"].isin(RETRIEVAL)]
         if len(choice):
             fig = go.Figure()
