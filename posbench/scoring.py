@@ -153,13 +153,17 @@ def plan_scoring(
     continuations: Sequence[Sequence[str | Sequence[int]]],
     *,
     pack: str | bool = "auto",
+    max_packed: int | None = None,
 ) -> ScoringPlan:
-    """Tokenize and lay out the rows (nothing runs yet); fails on a row longer than the context."""
+    """Tokenize and lay out the rows (nothing runs yet); fails on a row longer than the context.
+    ``max_packed`` caps the length of a packed row further (memory: attention is T x T)."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} lists of continuations")
     if not prompts:
         raise EmptyDataError("nothing to score: pass at least one prompt")
     limit = pack_limit(model, pack)
+    if limit is not None and max_packed is not None:
+        limit = min(limit, max_packed)
     conts = [[continuation_ids(model, c) for c in cs] for cs in continuations]
     lengths, rows = [], []
     for i, (prompt, cs) in enumerate(zip(prompts, conts)):
@@ -228,8 +232,9 @@ class SegmentMass(AttentionStatistic):
 # ---------------------------------------------------------------------------- running
 @dataclass
 class ContinuationScores:
-    """``logprobs[i][j]`` / ``n_tokens[i][j]``: continuation j of prompt i; ``prompt_tokens[i]``;
-    ``attention[i]`` [layers, heads, segments] when asked; the forward work done."""
+    """``logprobs[i][j]`` / ``n_tokens[i][j]``: continuation j of prompt i (``token_logprobs[i][j]``
+    token by token); ``prompt_tokens[i]``; ``attention[i]`` [layers, heads, segments] when asked;
+    the forward work done (rows, real tokens, packed rows)."""
 
     logprobs: list[list[float]]
     n_tokens: list[list[int]]

@@ -312,3 +312,17 @@ def test_label_bias_and_slot_bias_are_told_apart(task):
         assert sel[("label", "A")] == pytest.approx(label_a) and sel[("slot", "0")] == pytest.approx(slot_0)
         curve = tables["u_curve"]  # accuracy by gold slot: flat for the label-biased model (labels rotate)
         assert np.ptp(curve["accuracy"]) == (0 if label_a == 1 else 1)
+
+
+@pytest.mark.embedded
+def test_smollm2_shows_the_published_choice_biases(smollm2):
+    """The qualitative results on a real model: an LM judge prefers the first answer shown (the
+    swap flips verdicts; Zheng et al. 2023, PINE 2025) and an MCQ model has a non-uniform prior
+    over the option labels (Zheng et al. 2024). Measured on SmolLM2-135M-Instruct with the chat
+    template: first-slot rate 0.92 and flip rate 1.0 on 24 judge items, PriDe prior B = 0.45."""
+    judge = PositionBiasProbe(task="judge", n_items=4, n_boot=0).run(smollm2).summary
+    assert judge["prompt_format"] == "chat"
+    assert judge["judge.first_slot_rate"] > 0.5 and judge["judge.flip_rate"] > 0.5
+    mcq = PositionBiasProbe(task="mcq", n_items=4, label_rotations=False, n_boot=0).run(smollm2)
+    prior = mcq.tables["pride_prior"]["prior"]
+    assert prior.sum() == pytest.approx(1) and prior.max() > 0.35

@@ -165,7 +165,8 @@ class PositionBiasProbe(Probe):
         """(scores rows, attention rows, per-head attention rows) for items scored by log-likelihood."""
         c = self.config
         pack = {"auto": "auto", "on": True, "off": False}[c.pack]
-        plan = plan_scoring(model, [t.item.prompt for t in items], [list(t.item.choices) for t in items], pack=pack)
+        plan = plan_scoring(model, [t.item.prompt for t in items], [list(t.item.choices) for t in items], pack=pack,
+                            max_packed=c.max_tokens)
         with Progress(len(plan.rows), f"{desc} on {model.model_id}", enabled=progress, unit="row") as bar:
             result = run_plan(model, plan, batch_size=c.batch_size, attention=attention, progress=bar)
         rows, attn, heads = [], [], {}
