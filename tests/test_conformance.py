@@ -2,7 +2,6 @@
 (scikit-learn's check_estimator in spirit): a new one inherits these checks."""
 
 import dataclasses
-import importlib
 import json
 import pkgutil
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import posbench
 from posbench import options
 from posbench.cli import main
 from posbench.registry import datasets, interventions, probes, views

@@ -167,12 +167,12 @@ class Dataset:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_jsonl(cls, path: str | Path) -> "Dataset":
-        """Load and validate a JSONL file (one object a line); errors name file:line and the fix."""
+    def read_jsonl(cls, path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+        """Validated rows of a JSONL file and where each came from (``file:line``); a malformed
+        row is rejected with ``file:line: reason`` and the fix."""
         path = Path(path)
-        text = read_text_file(path)
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        rows, where = [], []
+        for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -183,8 +183,15 @@ class Dataset:
             if reason:
                 raise MalformedDataError(f"{path}:{lineno}: {reason}{cls._fix()}")
             rows.append(row)
+            where.append(f"{path}:{lineno}")
         if not rows:
             raise EmptyDataError(f"{path} holds no rows: add at least one JSON object a line{cls._fix()}")
+        return rows, where
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path) -> "Dataset":
+        """Load and validate a JSONL file (one object a line); errors name file:line and the fix."""
+        rows, _ = cls.read_jsonl(path)
         return cls(rows, source=str(path))
 
     @classmethod
