@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .batch import Batch
     from .model import HookedModel
+    from .notebook import FigureSet
     from .sites import AttentionOverride, Edit
 
 
@@ -156,8 +157,11 @@ class ProbeResult:
         return get_view(self.probe)
 
     @property
-    def figures(self) -> dict[str, "go.Figure"]:
-        return self.view.figures(self)
+    def figures(self) -> "FigureSet":
+        """The figures by name, rebuilt from the tables; displays as figures in Jupyter."""
+        from .notebook import figure_set
+
+        return figure_set(self.view.figures(self))
 
     def reading_tables(self) -> dict[str, pd.DataFrame]:
         return self.view.reading_tables(self)
@@ -179,9 +183,10 @@ class ProbeResult:
         )
 
     def _repr_html_(self) -> str:
+        from .notebook import plotlyjs_mode
         from .render import render, to_html
 
-        return to_html(render(self), plotlyjs="inline")
+        return to_html(render(self), plotlyjs=plotlyjs_mode())
 
     def __repr__(self) -> str:
         return f"<ProbeResult {self.title()}: {', '.join(self.tables)}>"
