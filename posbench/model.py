@@ -365,3 +365,33 @@ def load_model(
             "name and your network, or use a zoo alias / local folder (`posbench models`)"
         ) from err
 
+
+
+def load_card(spec: str, progress: Callable[[str], None] | None = None) -> ModelCard:
+    """A model's card without loading its weights: the architecture is built on the meta device
+    from the config (no memory, no compute), the tokenizer is read as usual. Embedded models are
+    dequantized once first if they are not cached yet."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name = str(spec)
+    if name in ZOO and ZOO[name].kind == "tiny":
+        model, tokenizer = build_tiny(name)
+        source = ZOO[name].source
+    else:
+        if name in ZOO:
+            folder, source = str(embedded_checkpoint(name, progress=progress)), ZOO[name].source
+        elif Path(name).expanduser().is_dir():
+            folder, source = str(Path(name).expanduser()), f"local folder {name}"
+        else:
+            folder, source = name, f"HuggingFace hub {name}"
+        try:
+            config = AutoConfig.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except OSError as err:
+            raise UnknownModelError(
+                f"could not read the config of '{name}' ({type(err).__name__}): use a zoo alias, a checkpoint "
+                "folder, or a hub name with the network on (`posbench models`)"
+            ) from err
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    return build_card(name, source, model, tokenizer)
