@@ -43,7 +43,7 @@ import torch
 from .. import options
 from ..errors import BadOptionError, HeadIndexError, PosbenchError
 from ..options import option
-from ..protocols import ActivationEdit
+from ..protocols import ActivationEdit, digest
 from ..sites import Capture, Edit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,7 +154,7 @@ class HeadAblation(ActivationEdit):
             self._texts = [str(t) for t in reference]
             if not self._texts or not all(t.strip() for t in self._texts):
                 raise BadOptionError("ablate-heads reference texts must be a non-empty list of non-empty texts")
-            self.reference_source = f"{len(self._texts)} given texts"
+            self.reference_source = f"{len(self._texts)} given texts ({digest(self._texts)})"
         else:
             self.reference_source, self._texts = "natural-text corpus", None
         self._means: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: _MeanZ}
