@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformer_lens import patching as tl_patching
 
+from posbench.data.patch_pairs import PatchPairsDataset
 from posbench.errors import BadOptionError, EmptyDataError, HeadIndexError, MalformedDataError, PosbenchError
 from posbench.experiments import Patch, patch_sweep, prepare_pairs, run_patches
 from posbench.interventions.head_ablation import HeadAblation
@@ -73,13 +74,31 @@ def test_sweeps_match_transformer_lens_on_tiny_llama(tiny_llama, site, sweep, he
 def test_sweeps_match_transformer_lens_on_smollm2(smollm2):
     clean, corrupted = ["When Mary and John went to the store, John gave a drink to"], ["When Mary and John went to the store, Mary gave a drink to"]
     bridge, tokens, cache, metric = _tl_inputs(smollm2, clean, corrupted, [" Mary"], [" John"])
-    layers = [0, 14, 29]
+    layers = [2, 27]
     for site, setter, n in (("z", tl_patching.layer_head_vector_patch_setter, smollm2.n_heads),
                             ("v", tl_patching.layer_head_vector_patch_setter, smollm2.n_kv_heads)):  # GQA 9/3
         ours = patch_sweep(smollm2, clean, corrupted, site, answer=" Mary", wrong=" John", layers=layers)
         index = pd.DataFrame([(layer, h) for layer in layers for h in range(n)], columns=["layer", "head"])
         expected = tl_patching.generic_activation_patch(bridge, tokens, cache, metric, setter, site, index_df=index)
         torch.testing.assert_close(torch.tensor(ours.table.metric.values), expected.double(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.embedded
+def test_ioi_information_moves_from_the_subject_to_the_last_position_on_smollm2(smollm2):
+    """The published picture of residual-stream patching on IOI (Wang et al. 2022; the
+    TransformerLens patching demo): early, only the repeated subject's position restores the
+    answer; late, only the last position does. On SmolLM2 the move happens at layers 20-24."""
+    rows = [r for r in PatchPairsDataset.generate(0).rows if r["task"] == "ioi"]
+    args = [[r[k] for r in rows] for k in ("clean", "corrupted", "answer", "wrong")]
+    pairs = prepare_pairs(smollm2, *args)
+    s2 = next(t for t in range(pairs.length) if pairs.clean[0][t] != pairs.corrupted[0][t])
+    last = pairs.length - 1
+    result = run_patches(smollm2, pairs, "resid_pre", [Patch(5, None, s2), Patch(5, None, last),
+                                                       Patch(28, None, s2), Patch(28, None, last)])
+    assert result.clean_value > 2 and result.corrupted_value < -2  # the model does IOI, and the corruption flips it
+    early_s2, early_last, late_s2, late_last = result.table.normalised
+    assert early_s2 > 0.9 and abs(early_last) < 0.1
+    assert abs(late_s2) < 0.1 and late_last > 0.8
 
 
 def test_normalisation_fixed_points(tiny_llama):
@@ -219,3 +238,12 @@ def test_probe_on_user_pairs_and_builtin_pairs(tiny_llama, tmp_path):
     kv = PatchingProbe(task="kv", n_pairs=3, sites=("resid_pre",), positions="all").run(tiny_llama)
     assert kv.summary["pairs"] == 3 and kv.summary["pairs_dropped"] == 0
     assert set(kv.figures) == {"patch_resid_pre"}
+
+
+def test_builtin_pairs_have_one_length_per_task(tiny_llama):
+    rows = PatchPairsDataset.generate(0).rows
+    assert rows == PatchPairsDataset.generate(0).rows and rows != PatchPairsDataset.generate(1).rows
+    for task in ("ioi", "kv"):
+        mine = [r for r in rows if r["task"] == task]
+        pairs = prepare_pairs(tiny_llama, *([r[k] for r in mine] for k in ("clean", "corrupted", "answer", "wrong")))
+        assert pairs.n_pairs == 8  # every pair of a task patches together (equal token lengths)

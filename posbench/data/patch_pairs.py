@@ -11,9 +11,11 @@ to the same length (checked per model when patching, since it depends on the tok
 * ``ioi`` (indirect object identification, Wang et al. 2022, "Interpretability in the Wild"):
   "When Mary and John went to the store, John gave a drink to" -> " Mary" (the indirect object);
   the corrupted prompt repeats the other name ("..., Mary gave a drink to"), so " John" is right.
-* ``kv`` (key-value retrieval): "Codes: 482 pink, 913 blue, 275 gold, 641 navy. The code 913 is"
-  -> " blue"; the corrupted prompt asks another key of the same context ("... The code 275 is",
-  " gold" is right). Only the asked key changes, so positions align one to one and the patch
+* ``kv`` (key-value retrieval): four ``key: colour`` lines, then a key and a colon
+  ("482: pink\n913: blue\n275: gold\n641: navy\n913:" -> " blue"); the corrupted prompt asks
+  another key of the same lines ("...\n275:", " gold" is right). Of the formats we tried on
+  SmolLM2-135M (prose "The code 913 is", "913 is blue.", "box 913 holds the blue ball") this one
+  gives the largest clean/corrupted gap. Only the asked key changes, so positions align one to one and the patch
   localises where the model reads the key and fetches its value.
 
 One IOI template; names and colours of four letters, single tokens on the embedded models'
@@ -80,10 +82,10 @@ class PatchPairsDataset(Dataset):
             keys = rng.sample(range(100, 1000), KV_PAIRS)
             colours = rng.sample(COLOURS, KV_PAIRS)
             asked, other = rng.sample(range(KV_PAIRS), 2)
-            context = "Codes: " + ", ".join(f"{k} {c}" for k, c in zip(keys, colours)) + "."
+            context = "".join(f"{k}: {c}\n" for k, c in zip(keys, colours))
             rows.append({
                 "id": f"kv-{i:03d}", "task": "kv",
-                "clean": f"{context} The code {keys[asked]} is", "corrupted": f"{context} The code {keys[other]} is",
+                "clean": f"{context}{keys[asked]}:", "corrupted": f"{context}{keys[other]}:",
                 "answer": f" {colours[asked]}", "wrong": f" {colours[other]}",
             })
         return cls(rows, source=f"generated:patch-pairs(seed={seed}, n_ioi={n_ioi}, n_kv={n_kv})")
