@@ -16,24 +16,29 @@ REFERENCE = ["A short text.", "Another reference paragraph, longer than the firs
 INPUTS = ["Position shapes what a model does, and a longer input runs past every reference text here.", "Short"]
 
 
-class SetZ(ActivationEdit):
-    """Test helper: z of ``heads`` in ``layer`` replaced by ``values(z, ctx)`` [B, T, len(heads), d]."""
+class ByHand(ActivationEdit):
+    """Test helper: the tensor at ``site`` in ``layer`` replaced by ``fn(tensor, ctx)``."""
 
-    name = "set-z"
+    name = "by-hand"
 
-    def __init__(self, layer, heads, values):
-        self.layer, self.heads, self.values = layer, heads, values
+    def __init__(self, site, layer, fn):
+        self.site, self.layer, self.fn = site, layer, fn
 
     def params(self):
         return {}
 
     def edits(self, model):
-        def replace(z, ctx):
-            out = z.clone()
-            out[:, :, self.heads] = self.values(z, ctx)
-            return out
+        return [Edit(self.site, self.fn, (self.layer,))]
 
-        return [Edit("z", replace, (self.layer,))]
+
+def set_heads(heads, values):
+    """An edit function putting ``values(z, ctx)`` [B, T, len(heads), d] into z's ``heads``."""
+    def replace(z, ctx):
+        out = z.clone()
+        out[:, :, heads] = values(z, ctx)
+        return out
+
+    return replace
 
 
 def _z_by_hand(model, text_ids, layer):
@@ -60,21 +65,12 @@ def test_zero_ablation_of_a_layer_and_of_a_kv_head(tiny_llama):
     with model.intervene(HeadAblation([(1, 1)], kv=True)):
         kv = model.forward(batch)
 
-    class ZeroV(ActivationEdit):
-        name = "zero-v"
+    def zero_kv_head_1(v, ctx):
+        out = v.clone()
+        out[:, :, 1] = 0.0
+        return out
 
-        def params(self):
-            return {}
-
-        def edits(self, model):
-            def zero(v, ctx):
-                out = v.clone()
-                out[:, :, 1] = 0.0
-                return out
-
-            return [Edit("v", zero, (1,))]
-
-    with model.intervene(ZeroV()):
+    with model.intervene(ByHand("v", 1, zero_kv_head_1)):
         v_zeroed = model.forward(batch)
     saved = o.detach().clone()
     with torch.no_grad():
@@ -110,7 +106,7 @@ def test_mean_ablation_equals_the_mean_replaced_by_hand(tiny_llama):
                 out[b, col] = (by_position[t] if t < longest else pooled)[heads]
         return out
 
-    with model.intervene(SetZ(layer, heads, means)):
+    with model.intervene(ByHand("z", layer, set_heads(heads, means))):
         by_hand = model.forward(batch)
     ablation = HeadAblation([(layer, h) for h in heads], mode="mean", reference=REFERENCE)
     with model.intervene(ablation):
@@ -146,7 +142,7 @@ def test_resample_ablation_equals_z_from_the_source_by_hand(tiny_llama):
                 out[b, col] = zs[b][max(col - off, 0), heads]
         return out
 
-    with model.intervene(SetZ(layer, heads, resampled)):
+    with model.intervene(ByHand("z", layer, set_heads(heads, resampled))):
         by_hand = model.forward(batch)
     ablation = HeadAblation([(layer, h) for h in heads], mode="resample", reference=REFERENCE, seed=seed)
     with model.intervene(ablation):

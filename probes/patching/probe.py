@@ -18,7 +18,7 @@ import pandas as pd
 
 from posbench.data.patch_pairs import PatchPairsDataset
 from posbench.errors import BadOptionError, EmptyDataError
-from posbench.experiments.patching import MODES, PATCH_SITES, patch_sweep, prepare_pairs
+from posbench.experiments.patching import MODES, PATCH_SITES, patch_grid, prepare_pairs, run_patches
 from posbench.options import option
 from posbench.protocols import Probe
 
@@ -80,12 +80,13 @@ class PatchingProbe(Probe):
         rows, record = _rows(data, c)
         kept, dropped = usable_pairs(model, rows, c.n_pairs)
         args = {k: [r[k] for r in kept] for k in ("clean", "corrupted", "answer", "wrong")}
+        pairs = prepare_pairs(model, args["clean"], args["corrupted"], args["answer"], args["wrong"])
         positions = None if c.positions == "default" else c.positions
-        results = [patch_sweep(model, args["clean"], args["corrupted"], site, answer=args["answer"], wrong=args["wrong"],
-                               positions=positions, mode=c.mode, batch_size=c.batch_size, progress=progress)
+        results = [run_patches(model, pairs, site, patch_grid(model, site, pairs.length, positions=positions),
+                               mode=c.mode, batch_size=c.batch_size, progress=progress)
                    for site in c.sites]
         first = results[0]
-        pairs = pd.DataFrame({
+        table_pairs = pd.DataFrame({
             "id": [r.get("id", f"pair-{i}") for i, r in enumerate(kept)],
             **args,
             "clean_metric": first.pair_values.clean.values,
@@ -93,8 +94,8 @@ class PatchingProbe(Probe):
         })
         tables = {
             "patching": pd.concat([r.table for r in results], ignore_index=True),
-            "pairs": pairs,
-            "tokens": pd.DataFrame({"position": range(len(first.tokens)), "token": first.tokens}),
+            "pairs": table_pairs,
+            "tokens": pd.DataFrame({"position": range(pairs.length), "token": pairs.tokens}),
         }
         summary: dict[str, Any] = {
             "pairs": len(kept), "pairs_dropped": len(dropped), "mode": c.mode,
@@ -105,6 +106,5 @@ class PatchingProbe(Probe):
             where = f"L{top.layer}" + ("" if pd.isna(top["head"]) else f".H{top['head']}") + (
                 "" if pd.isna(top.position) else f"@{top.position}")
             summary[f"top_{r.site}"] = f"{where} ({top.normalised:.3f})"
-        data_record = {**record, "kept": pairs["id"].tolist(), "dropped": dropped,
-                       "tokens": prepare_pairs(model, args["clean"], args["corrupted"], args["answer"], args["wrong"]).clean}
+        data_record = {**record, "kept": table_pairs["id"].tolist(), "dropped": dropped, "tokens": pairs.clean}
         return tables, summary, data_record
