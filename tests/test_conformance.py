@@ -22,6 +22,7 @@ SMALL = {  # the smallest settings each probe accepts, so the conformance run ta
     "sinks": dict(n_sequences=2, seq_len=16),
     "positional-heads": dict(n_random=2, n_natural=2, n_repeated=1, seq_len=16, repeat_len=4),
     "rope-usage": dict(n_sequences=2, seq_len=16),
+    "patching": dict(n_pairs=2, sites=("z",)),
 }
 
 
