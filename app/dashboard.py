@@ -36,6 +36,25 @@ def _table(frame, table_id: str | None = None, page_size: int = 12):
     )
 
 
+def run_view(rendered) -> list:
+    """The components of one run: every stored string goes in as text (a component's children
+    or a table cell), never as markup."""
+    parts = [html.H2(rendered.title, id="run-title"), html.Div(rendered.meta, id="run-meta", style={"color": "#666"})]
+    if rendered.interventions:
+        parts.append(html.P("Interventions: " + rendered.interventions, id="run-interventions"))
+    for problem in rendered.problems:
+        parts.append(html.P(f"Not shown: {problem}", style=_ERROR_STYLE))
+    parts.append(html.H3("Summary"))
+    parts.append(_table(rendered.summary, "summary", page_size=40))
+    parts.append(html.Details([html.Summary("configuration"), html.Pre(rendered.config, id="run-config")]))
+    for title, frame in rendered.tables.items():
+        parts.append(html.H3(title))
+        parts.append(_table(frame))
+    for name, fig in rendered.figures.items():
+        parts.append(dcc.Graph(id=f"fig-{safe_id(name)}", figure=fig))
+    return parts
+
+
 def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
     """A Dash app over one results store. Runs appear as writers add them (WAL snapshot reads)."""
     service = ResultsService(store_path)
@@ -108,19 +127,6 @@ def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
             rendered = render(service.result(rows[selected[0]]["run_id"]))
         except StoreError as err:
             return html.P(f"Cannot show this run: {err}", id="run-error", style=_ERROR_STYLE)
-        parts = [html.H2(rendered.title, id="run-title"), html.Div(rendered.meta, id="run-meta", style={"color": "#666"})]
-        if rendered.interventions:
-            parts.append(html.P("Interventions: " + rendered.interventions, id="run-interventions"))
-        for problem in rendered.problems:
-            parts.append(html.P(f"Not shown: {problem}", style=_ERROR_STYLE))
-        parts.append(html.H3("Summary"))
-        parts.append(_table(rendered.summary, "summary", page_size=40))
-        parts.append(html.Details([html.Summary("configuration"), html.Pre(rendered.config, id="run-config")]))
-        for title, frame in rendered.tables.items():
-            parts.append(html.H3(title))
-            parts.append(_table(frame))
-        for name, fig in rendered.figures.items():
-            parts.append(dcc.Graph(id=f"fig-{safe_id(name)}", figure=fig))
-        return parts
+        return run_view(rendered)
 
     return app

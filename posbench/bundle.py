@@ -60,9 +60,9 @@ def result_json(result: ProbeResult) -> dict:
 
 
 def write_bundle(result: ProbeResult, folder: str | Path) -> Path:
-    """Write ``result`` (its ``run_id`` must be set) into ``folder`` atomically; return the path."""
+    """Write ``result`` (its ``run_id`` must be set) into the existing ``folder`` atomically;
+    return the path."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"posbench-recovered-{result.run_id}{SUFFIX}"
     head = result_json(result) | {"format": BUNDLE_FORMAT, "tables": list(result.tables)}
     fd, tmp = tempfile.mkstemp(prefix=".posbench-recovering-", dir=folder)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import BadOptionError, OutputPathError, PosbenchError, PosbenchWarning, StoreBusyError
-from .options import parse_pairs
+from .options import coerce, parse_pairs
 
 
 def _say(msg: str) -> None:
@@ -101,7 +101,7 @@ def _flag_options(probe_cls, flag: str, value: int, fields: list[str], owner: st
     for field in fields:
         v = value + (value % 2 if field == "n_random" else 0)  # random sequences come in pairs
         try:
-            out.update(parse_pairs(probe_cls.Config, [f"{field}={v}"], owner))
+            out[field] = coerce(probe_cls.Config, field, v, owner)
         except BadOptionError as err:
             raise BadOptionError(f"{flag} {value}: {err}") from None
     return out
@@ -286,7 +286,8 @@ class _Once(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         given = namespace.__dict__.setdefault("_given", set())
         if self.dest in given:
-            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)!r} and {values!r}): {self.hint}")
+            flag = max(self.option_strings, key=len)
+            parser.error(f"{flag} given twice ({getattr(namespace, self.dest)!r} and {values!r}): {self.hint}")
         given.add(self.dest)
         setattr(namespace, self.dest, values)
 
@@ -388,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2), already printed
+        return done.code if isinstance(done.code, int) else 2
     if getattr(args, "command", None) == "report" and args.model is None:
         from .zoo import DEFAULT_MODEL
 

@@ -104,13 +104,11 @@ class Store:
             if self._check_schema() is None:
                 raise StoreMissingError(f"results store {self.path} holds no runs yet: run a probe first")
             return
-        if self.path.exists():
-            self.check_writable()
-            if self._has_content() and self._check_schema() is not None:
-                return  # a posbench store; a foreign file was refused above, never written to
-        else:
-            self.check_writable()
-        self._create()
+        # a foreign file is refused by a read-only look first, and never written to
+        version = self._check_schema() if self._has_content() else None
+        self.check_writable()
+        if version is None:
+            self._create()
 
     # ------------------------------------------------------------------ plumbing
     def _check_kind(self) -> None:
