@@ -29,7 +29,7 @@ RUN = textwrap.dedent(
         probe.run(model)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     work = workload(probe.config)
-    estimate = work.peak_bytes(model.card.n_heads, model.card.d_model)
+    estimate = work.peak_bytes(model.card.n_heads, model.card.d_model, model.card.n_layers)
     print(json.dumps({"measured": peak, "estimate": estimate}))
     """
 )

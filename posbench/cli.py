@@ -141,6 +141,12 @@ def _write_json(path: str, payload: dict[str, Any], stored: str) -> None:
         raise OutputPathError(f"{stored}, but --json {path} could not be written ({err.strerror}): pass another path") from None
 
 
+def _print_summary(head: str, result) -> None:
+    print(head)
+    for k, v in result.summary.items():
+        print(f"  {k}: {v}")
+
+
 def cmd_run(args) -> int:
     from .model import load_model
 
@@ -151,13 +157,12 @@ def cmd_run(args) -> int:
     try:
         run_id = store.save(result)
     except StoreBusyError as err:
+        _print_summary(f"run {result.run_id}: {result.title()}  (NOT stored: see below)", result)
         if args.json:
             _write_json(args.json, {"run_id": result.run_id, "stored": False, "recovery_file": str(err.recovery_path),
                                     "summary": result.summary}, f"run {result.run_id} is in {err.recovery_path}")
         raise
-    print(f"run {run_id}: {result.title()}  (store: {store.path})")
-    for k, v in result.summary.items():
-        print(f"  {k}: {v}")
+    _print_summary(f"run {run_id}: {result.title()}  (store: {store.path})", result)
     if args.json:
         _write_json(args.json, {"run_id": run_id, "stored": True, "summary": result.summary},
                     f"run {run_id} was saved in {store.path}")

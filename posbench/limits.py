@@ -40,8 +40,12 @@ BYTES_PER_TOKEN = 4 * (36 + 8)
 # Eager attention holds the scores and the softmaxed pattern of one layer ([B, H, T, T] each),
 # and the chunked statistics read 256-row slices of it: about three T x T copies per head.
 ATTENTION_COPIES = 3
-# Residual stream, q/k/v, MLP hidden (~4 d_model) and their hooked copies per token: ~12 d_model.
+# Residual stream, q/k/v, MLP hidden and their hooked copies per token: ~12 d_model, plus ~2
+# d_model per layer that the hooked forward keeps alive (fitted, with the copies above and the
+# fixed overhead below, on measured peaks: benchmarks/bench_memory_estimate.py, docs/reliability.md).
 ACTIVATION_WIDTHS = 12
+ACTIVATION_WIDTHS_PER_LAYER = 2
+FIXED_OVERHEAD = 256 * 2**20  # allocator and first-use buffers of a forward pass
 MEMORY_ENV = "POSBENCH_MEMORY_LIMIT"  # bytes (suffix K/M/G/T allowed) to plan against
 
 
@@ -61,13 +65,14 @@ class Workload:
     def token_bytes(self) -> int:
         return self.total_tokens * BYTES_PER_TOKEN
 
-    def peak_bytes(self, n_heads: int, d_model: int, dtype_bytes: int = 4) -> int:
+    def peak_bytes(self, n_heads: int, d_model: int, n_layers: int, dtype_bytes: int = 4) -> int:
         """Token storage plus the largest forward pass: one batch's attention pattern in one
-        layer (``batch x heads x T x T``) and its activations."""
+        layer (``batch x heads x T x T``), its activations and a fixed overhead."""
         batch = min(self.batch, self.sequences)
         attention = batch * n_heads * self.tokens**2 * dtype_bytes * ATTENTION_COPIES
-        activations = batch * self.tokens * d_model * dtype_bytes * ACTIVATION_WIDTHS
-        return self.token_bytes() + attention + activations
+        widths = ACTIVATION_WIDTHS + ACTIVATION_WIDTHS_PER_LAYER * n_layers
+        activations = batch * self.tokens * d_model * dtype_bytes * widths
+        return self.token_bytes() + attention + activations + FIXED_OVERHEAD
 
 
 def workload(config: Any) -> Workload | None:
@@ -92,7 +97,10 @@ def workload(config: Any) -> Workload | None:
 
 
 def gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 / 10 else f"{n_bytes / 2**20:.0f} MiB"
+    """A size for a message: GiB down to 0.1 GiB, then MiB, then KiB."""
+    if n_bytes >= 2**30 / 10:
+        return f"{n_bytes / 2**30:.1f} GiB"
+    return f"{n_bytes / 2**20:.0f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KiB"
 
 
 def _parse_bytes(text: str) -> int | None:
@@ -167,7 +175,7 @@ def check_fits(probe: "Probe", model: "HookedModel") -> Workload | None:
             f"context is {context}: lower --seq-len to at most {context}"
         )
     dtype_bytes = 2 if card.dtype in ("float16", "bfloat16") else 4
-    need = work.peak_bytes(card.n_heads, card.d_model, dtype_bytes)
+    need = work.peak_bytes(card.n_heads, card.d_model, card.n_layers, dtype_bytes)
     free = available_bytes(model.device)
     if free is not None and need > free:
         raise ResourceLimitError(

@@ -332,7 +332,8 @@ class Store:
         run_id = result.run_id
         with self._read() as conn:
             known = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
-        return self.save(result), not known
+        saved = self.save(result)  # a different run holding the same id makes it take a new one
+        return saved, saved != run_id or not known
 
     @staticmethod
     def _insert_run(conn: sqlite3.Connection, run_id: str, result: ProbeResult) -> None:

@@ -300,3 +300,20 @@ def test_default_store_location(monkeypatch, tmp_path):
     assert default_store_path() == tmp_path / ".local" / "share" / "posbench" / "results.sqlite"
     monkeypatch.setenv("POSBENCH_STORE", str(tmp_path / "mine.sqlite"))
     assert default_store_path() == tmp_path / "mine.sqlite"
+
+
+def test_work_folders_of_killed_dequantizations_are_removed(tmp_path):
+    """The model cache, like the store, must not keep what a killed process left half-written."""
+    import os
+
+    from posbench.zoo import remove_stale_work_folders
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    killed = tmp_path / f".gemma-3-270m-{dead_pid}-abc"
+    live = tmp_path / f".gemma-3-270m-{os.getpid()}-def"
+    other = tmp_path / f".smollm2-135m-instruct-{dead_pid}-ghi"
+    for folder in (killed, live, other):
+        (folder / "checkpoint").mkdir(parents=True)
+    assert remove_stale_work_folders(tmp_path, "gemma-3-270m") == [killed]
+    assert not killed.exists() and live.exists() and other.exists()
