@@ -138,9 +138,7 @@ class Store:
     def check_writable(self) -> None:
         """Fail early (before any probe runs) if results could not be saved here."""
         target = self.path
-        if target.exists():
-            if target.is_dir():
-                raise StoreNotWritableError(f"results store {target} is a folder: pass a file path to --store")
+        if target.exists():  # a regular file: _check_kind refused folders and devices
             if not os.access(target, os.W_OK):
                 raise StoreNotWritableError(
                     f"results store {target} is not writable (permission denied): fix its permissions "
