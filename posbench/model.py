@@ -305,7 +305,7 @@ def _boot(hf_model, tokenizer, model_id: str, source: str) -> HookedModel:
     return HookedModel(backend, hf_model, tokenizer, model_id, source, card)
 
 
-def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None = None) -> HookedModel:
+def _read_pretrained(name: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -313,7 +313,28 @@ def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None
 
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
+    return model, tokenizer
+
+
+def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None = None) -> HookedModel:
+    model, tokenizer = _read_pretrained(name, dtype)
     return _boot(model.to(device), tokenizer, model_id or name, source)
+
+
+def _from_folder(folder: Path, name: str, dtype, device) -> HookedModel:
+    """A local checkpoint folder, or a clear error when it is not one."""
+    fix = ("pass a folder written by save_pretrained (config.json, the weights and the tokenizer files) "
+           "or a zoo alias (`posbench models`)")
+    if not (folder / "config.json").is_file():
+        raise UnknownModelError(f"folder {name} is not a HuggingFace checkpoint (it has no config.json): {fix}")
+    try:
+        model, tokenizer = _read_pretrained(str(folder), dtype)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # what transformers raises
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UnknownModelError(
+            f"cannot load the checkpoint in folder {name} ({type(err).__name__}: {first}): {fix}"
+        ) from err
+    return _boot(model.to(device), tokenizer, name, f"local folder {name}")
 
 
 def load_model(
@@ -346,8 +367,14 @@ def load_model(
         folder = embedded_checkpoint(name, progress=progress)
         return _from_pretrained(str(folder), dtype, device, entry.source, model_id=name)
 
-    if Path(name).expanduser().is_dir():
-        return _from_pretrained(str(Path(name).expanduser()), dtype, device, f"local folder {name}")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _from_folder(local, name, dtype, device)
+    if local.exists():
+        raise UnknownModelError(
+            f"model path {name} is a file, not a checkpoint folder: pass the folder that holds config.json, "
+            "the weights and the tokenizer (or a zoo alias, `posbench models`)"
+        )
 
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if not looks_like_hub_id:

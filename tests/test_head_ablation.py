@@ -169,11 +169,11 @@ def test_specs_params_and_errors(tiny_llama):
         parse_intervention("ablate-heads:1.1;mode=avg")
     with pytest.raises(BadOptionError, match="bad option seed='-1'"):
         parse_intervention("ablate-heads:1.1;seed=-1")
-    with pytest.raises(BadOptionError, match="unknown option 'heads'"):
+    with pytest.raises(BadOptionError, match="option 'heads' is given twice"):
         parse_intervention("ablate-heads:1.1;heads=2")
     with pytest.raises(BadOptionError, match="malformed head '1.x'"):
         parse_intervention("ablate-heads:1.x")
-    with pytest.raises(BadOptionError, match="one list of heads"):
+    with pytest.raises(BadOptionError, match="option 'heads' is given twice"):
         parse_intervention("ablate-heads:1.1;2.2")
     with pytest.raises(HeadIndexError, match="kv head 2 out of range: tiny-llama has 2 key/value heads"):
         with tiny_llama.intervene(HeadAblation([(0, 2)], kv=True)):

@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .. import options
 from ..errors import BadOptionError, HeadIndexError, PosbenchError
-from ..options import option
+from ..limits import MAX_INDEX
+from ..options import build, option, parse_spec
 from ..protocols import ActivationEdit, digest
 from ..sites import Capture, Edit
 
@@ -55,31 +55,34 @@ REFERENCE_BATCH = 8  # reference texts per forward pass when computing means
 REFERENCE_TOKENS = 256  # mean: positions with a position-matched mean (the pooled mean after them)
 
 
-@dataclass
-class HeadAblationOptions:
-    """The ``;key=value`` options of ``--intervention ablate-heads:...``."""
+def layer_head(text: str) -> tuple[int, int | None] | None:
+    """``"3.1"`` as (3, 1), ``"3.*"`` as (3, None) (every head of layer 3), or None when the text
+    is not LAYER.HEAD / LAYER.* within bounds."""
+    layer, sep, head = text.strip().partition(".")
+    head = head.strip()
+    if not sep or not layer.strip().isdigit() or not (head.isdigit() or head == "*"):
+        return None
+    pair = int(layer), (None if head == "*" else int(head))
+    return pair if max(x for x in pair if x is not None) <= MAX_INDEX else None
 
+
+def _head_problem(text: str) -> str | None:
+    if layer_head(text) is None:
+        return (f"malformed head '{text}': write LAYER.HEAD or LAYER.* with indices 0-{MAX_INDEX}, "
+                "e.g. ablate-heads:3.1,4.*;mode=mean")
+    return None
+
+
+@dataclass
+class HeadAblationConfig:
+    """The options of ``--intervention ablate-heads:HEADS[;key=value...]``."""
+
+    heads: tuple[str, ...] = option((), nonempty=True, check=_head_problem, form="LAYER.HEAD|LAYER.*",
+                                    help="heads to ablate, e.g. 3.1,4.*")
     mode: str = option("zero", choices=MODES, help="zero, mean (position-matched, over the reference texts) or resample")
     kv: bool = option(False, help="heads are key/value heads: ablate every query head reading each")
     seed: int = option(0, min=0, help="resample: the order in which reference texts feed the rows")
     ref: str | None = option(None, help="mean/resample: a .txt or .jsonl file of reference texts (default: the natural-text corpus)")
-
-
-def _parse_heads(text: str) -> tuple[list[tuple[int, int]], list[int]]:
-    heads, whole = [], []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            layer, head = part.split(".")
-            if head.strip() == "*":
-                whole.append(int(layer))
-            else:
-                heads.append((int(layer), int(head)))
-        except ValueError:
-            raise BadOptionError(
-                f"malformed head '{part}' in --intervention ablate-heads: write LAYER.HEAD or LAYER.*, "
-                "e.g. ablate-heads:3.1,4.*;mode=mean"
-            ) from None
-    return heads, whole
 
 
 def _real_index(batch: "Batch", device) -> torch.Tensor:
@@ -122,30 +125,29 @@ class HeadAblation(ActivationEdit):
                  "positions of a reference text picked by seed; kv=true: HEAD is a key/value head and every "
                  "query head reading it is ablated")
 
+    Config = HeadAblationConfig
+
     def __init__(
         self,
-        heads: Sequence[tuple[int, int | str | None]] | tuple[int, int | str | None],
+        heads: Any,
         mode: str = "zero",
         kv: bool = False,
         reference: Sequence[str] | str | None = None,
         seed: int = 0,
     ):
+        """``heads``: (layer, head) pairs (head ``"*"`` or None: the whole layer), one pair, or
+        text like ``"3.1,4.*"``; ``reference``: texts or a .txt/.jsonl file (mean / resample)."""
         if isinstance(heads, tuple) and len(heads) == 2 and isinstance(heads[0], int):
             heads = [heads]
-        explicit, whole = set(), set()
-        for layer, head in heads:
-            if head is None or head == "*":
-                whole.add(int(layer))
-            else:
-                explicit.add((int(layer), int(head)))
-        self.heads = sorted(explicit)
-        self.whole_layers = sorted(whole)
-        if not self.heads and not self.whole_layers:
-            raise BadOptionError("ablate-heads needs at least one LAYER.HEAD or LAYER.*")
-        owner = "intervention ablate-heads"
-        self.mode = options.coerce(HeadAblationOptions, "mode", mode, owner)
-        self.kv = options.coerce(HeadAblationOptions, "kv", kv, owner)
-        self.seed = options.coerce(HeadAblationOptions, "seed", seed, owner)
+        if isinstance(heads, (list, tuple)):
+            heads = [f"{h[0]}.{'*' if h[1] in (None, '*') else h[1]}" if isinstance(h, (list, tuple)) else h
+                     for h in heads]
+        owner = f"intervention '{self.name}'"
+        config = build(self.Config, {"heads": heads, "mode": mode, "kv": kv, "seed": seed}, owner)
+        pairs = {layer_head(h) for h in config.heads}
+        self.whole_layers = sorted({layer for layer, head in pairs if head is None})
+        self.heads = sorted((layer, head) for layer, head in pairs if head is not None)
+        self.mode, self.kv, self.seed = config.mode, config.kv, config.seed
         if isinstance(reference, str):
             from ..data.texts import load_texts
 
@@ -161,22 +163,15 @@ class HeadAblation(ActivationEdit):
         self._sources: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> resample cache
 
     @classmethod
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        return {"heads": part}
+
+    @classmethod
     def from_spec(cls, arg: str) -> "HeadAblation":
-        head_parts, opts = [], {}
-        for part in filter(None, (p.strip() for p in arg.split(";"))):
-            key, sep, value = part.partition("=")
-            if not sep:
-                head_parts.append(part)
-                continue
-            key = key.strip().replace("-", "_")
-            opts[key] = options.coerce(HeadAblationOptions, key, value, "--intervention ablate-heads")
-        if len(head_parts) != 1:
-            raise BadOptionError(
-                "ablate-heads takes one list of heads, then ;key=value options: e.g. ablate-heads:3.1,4.*;mode=mean"
-            )
-        heads, whole = _parse_heads(head_parts[0])
-        reference = opts.pop("ref", None)
-        return cls([*heads, *((layer, "*") for layer in whole)], reference=reference, **opts)
+        owner = f"intervention '{cls.name}'"
+        values = parse_spec(cls.Config, arg, owner, bare=cls.bare_spec, grammar=cls.spec_help)
+        reference = values.pop("ref", None)
+        return cls(values.pop("heads", ()), reference=reference, **values)
 
     # ------------------------------------------------------------------ description
     def params(self) -> dict[str, Any]:
