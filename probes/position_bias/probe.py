@@ -33,6 +33,7 @@ import pandas as pd
 from posbench.data.base import read_text_file
 from posbench.data.sweeps import LABELS, PositionBiasDataset
 from posbench.errors import BadOptionError, EmptyDataError, MalformedDataError
+from posbench.limits import MAX_INDEX, Workload, check_memory
 from posbench.metrics import apply_attnrank, attnrank_order, attnrank_profile
 from posbench.options import option
 from posbench.progress import Progress
@@ -60,27 +61,30 @@ from .tasks import (
 class PositionBiasConfig:
     task: str = option("all", choices=("all", *TASKS),
                        help="kv | mdqa | mcq | judge, or all four at the default sizes (the report's choice)")
-    n_items: int = option(4, min=0, help="dataset rows per task (0 = every row)")
-    n_segments: tuple[int, ...] = option((5,), min=2, nonempty=True,
+    n_items: int = option(4, min=0, counts="sequences", help="dataset rows per task (0 = every row)")
+    n_segments: tuple[int, ...] = option((5,), min=2, max=1000, nonempty=True,
                                          help="kv pairs / mdqa documents per prompt; several values give the "
                                               "context-length sweep (each capped by the context and max_tokens)")
-    slots: int = option(3, min=0, help="kv/mdqa: gold slots visited, evenly spaced with first and last (0 = every slot)")
+    slots: int = option(3, min=0, max=1000, help="kv/mdqa: gold slots visited, evenly spaced with first and last (0 = every slot)")
     label_rotations: bool = option(True, help="mcq/judge: rotate the labels over the slots too (k x k variants), "
                                               "so label-token bias and slot bias separate")
     scoring: str = option("loglik", choices=("loglik", "greedy"),
                           help="log-likelihood of every choice, or greedy generation scored by substring / label")
     normalise: bool = option(False, help="rank choices by log-likelihood per token")
-    max_new_tokens: int = option(32, min=1, help="greedy scoring: tokens generated per prompt")
+    max_new_tokens: int = option(32, min=1, max=4096, help="greedy scoring: tokens generated per prompt")
     prompt_format: str = option("auto", choices=FORMATS, help="auto: the chat template if the model has one")
-    max_tokens: int = option(2048, min=16, help="longest row (prompt + choice) to run; larger sizes are capped")
+    # a cap, not a request: sizes beyond min(context, max_tokens) are replaced by the largest
+    # that fits, so it does not count "tokens" (a tiny model's 512-token context is no error);
+    # the memory check runs on the real rows once they are laid out (``_check_memory``)
+    max_tokens: int = option(2048, min=16, max=131_072, help="longest row (prompt + choice) to run; larger sizes are capped")
     attention: bool = option(True, help="attention mass from the answer position onto each segment, per layer")
     attnrank: bool = option(True, help="kv/mdqa: AttnRank re-ordering of held-out rows (needs attention)")
-    attnrank_calib: int = option(1, min=1, help="rows whose attention profile calibrates AttnRank")
-    attnrank_layers: tuple[int, ...] = option((), min=0, help="layers averaged into the AttnRank profile (empty: all)")
+    attnrank_calib: int = option(1, min=1, max=10_000, help="rows whose attention profile calibrates AttnRank")
+    attnrank_layers: tuple[int, ...] = option((), min=0, max=MAX_INDEX, help="layers averaged into the AttnRank profile (empty: all)")
     pride_calib_frac: float = option(0.05, min=0.0, max=1.0, help="share of mcq items calibrating PriDe (at least 1)")
-    n_boot: int = option(1000, min=0, help="bootstrap resamples for the confidence intervals (0: none)")
+    n_boot: int = option(1000, min=0, max=100_000, help="bootstrap resamples for the confidence intervals (0: none)")
     seed: int = option(0, min=0, help="bootstrap and PriDe calibration draw")
-    batch_size: int = option(8, min=1, help="rows per forward pass")
+    batch_size: int = option(8, min=1, counts="batch", help="rows per forward pass")
     pack: str = option("auto", choices=("auto", "on", "off"),
                        help="several choices of one prompt in one row (auto: only without interventions)")
 
@@ -124,15 +128,23 @@ class PositionBiasProbe(Probe):
             )
         raise EmptyDataError(f"{path} holds no rows: add at least one JSON object a line")
 
-    def _datasets(self, data: Any) -> dict[str, PositionBiasDataset]:
+    @classmethod
+    def check_data(cls, data: Any) -> PositionBiasDataset:
+        """Data passed to ``run``: a dataset of one task, or a JSONL path (``TASK:PATH`` too),
+        read and validated like ``--data``."""
+        if isinstance(data, (str, Path)):
+            data, _ = cls.load_data(str(data))
+        if not isinstance(data, PositionBiasDataset):
+            raise BadOptionError(f"position-bias takes a kv, mdqa, mcq or judge dataset or a JSONL path, "
+                                 f"got {type(data).__name__}")
+        return data
+
+    def _datasets(self, data: PositionBiasDataset | None) -> dict[str, PositionBiasDataset]:
         task = self.config.task
         if data is None:
             names = TASKS if task == "all" else (task,)
             return {name: DATASETS[name].builtin() for name in names}
-        if isinstance(data, (str, Path)):
-            data, _ = self.load_data(str(data))
-        if not isinstance(data, PositionBiasDataset):
-            raise BadOptionError(f"position-bias takes a kv, mdqa, mcq or judge dataset, got {type(data).__name__}")
+        data = self.check_data(data)
         if task not in ("all", data.name):
             raise BadOptionError(f"the data is a {data.name} dataset but task={task}: set task={data.name} (or all)")
         return {data.name: data}
@@ -167,6 +179,7 @@ class PositionBiasProbe(Probe):
         pack = {"auto": "auto", "on": True, "off": False}[c.pack]
         plan = plan_scoring(model, [t.item.prompt for t in items], [list(t.item.choices) for t in items], pack=pack,
                             max_packed=c.max_tokens)
+        self._check_memory(model, len(plan.rows), max(r.length for r in plan.rows))
         with Progress(len(plan.rows), f"{desc} on {model.model_id}", enabled=progress, unit="row") as bar:
             result = run_plan(model, plan, batch_size=c.batch_size, attention=attention, progress=bar)
         rows, attn, heads = [], [], {}
@@ -199,20 +212,27 @@ class PositionBiasProbe(Probe):
         """(scores rows, generation rows) for items scored by greedy generation: the chosen
         choice gets score 0, the others -1 (no parse: all -1, a tie, counted wrong)."""
         c = self.config
+        prompt_tokens = [len(model.tokenize_segments(t.item.prompt)[0]) for t in items]
+        self._check_memory(model, len(items), max(prompt_tokens) + c.max_new_tokens)
         with Progress(len(items), f"position-bias generation on {model.model_id}", enabled=progress,
                       unit="prompt") as bar:
             outputs = greedy_continuations(model, [t.item.prompt for t in items], max_new_tokens=c.max_new_tokens,
                                            batch_size=c.batch_size, progress=bar)
         rows, gens = [], []
-        for t, ids in zip(items, outputs):
+        for t, ids, n_prompt in zip(items, outputs, prompt_tokens):
             text = model.tokenizer.decode(ids, skip_special_tokens=True)
             chosen = parse_choice(t, text)
             scores = [0.0 if j == chosen else -1.0 for j in range(len(t.item.choices))]
-            prompt_tokens = len(model.tokenize_segments(t.item.prompt)[0])
-            rows += t.score_rows(scores, [1] * len(scores), prompt_tokens)
+            rows += t.score_rows(scores, [1] * len(scores), n_prompt)
             gens.append({"task": t.task, "item_id": t.row_id, "variant": t.variant, "text": text,
                          "choice": -1 if chosen is None else chosen, "correct": chosen == t.item.gold})
         return rows, gens
+
+    def _check_memory(self, model, rows: int, longest: int) -> None:
+        """The memory check of ``posbench.limits`` on the rows as laid out (the sizes are known
+        only now: they are capped by the context), before any forward pass."""
+        check_memory(self, model, Workload(rows, longest, self.config.batch_size),
+                     fix="lower n_items, n_segments or batch_size (-o KEY=VALUE)")
 
     # ------------------------------------------------------------------ AttnRank
     def _attnrank(self, model, rows_used, attention: pd.DataFrame, scores: pd.DataFrame, frame, progress: bool):
