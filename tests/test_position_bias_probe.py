@@ -43,14 +43,26 @@ from posbench.metrics import apply_attnrank
 from posbench.probes.position_bias import PositionBiasProbe, analysis, chat_frame, chat_prompt, parse_choice, resolve_format
 from posbench.probes.position_bias.prompts import formatted_item
 from posbench.probes.position_bias.tasks import choice_item, fit_segments, retrieval_item
-from posbench.protocols import InputEdit
+from posbench.protocols import AttentionEdit, InputEdit
 from posbench.scoring import continuation_logprobs
+from posbench.sites import AttentionOverride
 from posbench.store import Store
 
 
+def segment_isolation(batch) -> torch.Tensor:
+    """[B, T, T] keys each query may see: a segment token sees the prefix and its own segment
+    only (from ``batch.segments``); prefix, suffix and answer tokens see every key."""
+    group = torch.full(batch.input_ids.shape, -1)
+    for b, spans in enumerate(batch.segments):
+        offset = int(batch.offsets[b])
+        for i, (start, end) in enumerate(spans.segments):
+            group[b, offset + start : offset + end] = i
+    query, key = group[:, :, None], group[:, None, :]
+    return (query == -1) | (key == -1) | (query == key)
+
+
 class IsolateSegments(InputEdit):
-    """Segment tokens attend to the prefix and their own segment only (a key mask built from
-    ``batch.segments``); prefix, suffix and answer tokens attend as usual."""
+    """``segment_isolation`` as a key mask on the batch."""
 
     name = "isolate-segments"
 
@@ -58,16 +70,30 @@ class IsolateSegments(InputEdit):
         return {}
 
     def edit_batch(self, batch, model):
-        group = torch.full(batch.input_ids.shape, -1)
-        for b, spans in enumerate(batch.segments):
-            offset = int(batch.offsets[b])
-            for i, (start, end) in enumerate(spans.segments):
-                group[b, offset + start : offset + end] = i
-        query, key = group[:, :, None], group[:, None, :]
-        allowed = (query == -1) | (key == -1) | (query == key)
+        allowed = segment_isolation(batch)
         if batch.key_mask is not None:
             allowed &= batch.key_mask.cpu()
         return replace(batch, key_mask=allowed.to(batch.input_ids.device))
+
+
+class _IsolationScores(AttentionOverride):
+    def scores(self, q, k, ctx):
+        scores = ctx.tensors["scores"]
+        blocked = ~segment_isolation(ctx.batch).to(scores.device)[:, None]
+        return scores.masked_fill(blocked, float("-inf"))
+
+
+class IsolateSegmentsInScores(AttentionEdit):
+    """``segment_isolation`` applied by an attention override that reads ``ctx.batch.segments``
+    in every layer: the seam PINE uses (an ``AttentionEdit`` over prefix, segments, suffix)."""
+
+    name = "isolate-segments-scores"
+
+    def params(self):
+        return {"layers": "all"}
+
+    def attention_overrides(self, model):
+        return [_IsolationScores()]
 
 
 ORDER_FREE = (RopePositionFree(fraction=1.0), IsolateSegments())
@@ -117,6 +143,19 @@ def test_an_order_invariant_model_reads_flat(invariant_run):
     att = result.tables["attention"].fillna({"meta_assignment": -1})
     gold = att[att["is_gold"]].groupby(["task", "item_id", "meta_assignment", "layer"])["mass"].agg(np.ptp)
     assert gold.max() < 1e-6  # the gold segment draws the same attention in every slot
+
+
+def test_an_attention_edit_reading_the_segments_runs_through_every_pass_and_is_recorded(llama64, invariant_run):
+    """The same isolation as an attention override that reads ``batch.segments`` in every layer
+    (PINE's kind of intervention): the probe's scoring rows and its attention statistic carry
+    the segment layout to it, so the numbers are those of the key-mask run, and the result
+    records both interventions in order."""
+    edits = (RopePositionFree(fraction=1.0), IsolateSegmentsInScores())
+    result = PositionBiasProbe(**SMALL).run(llama64, interventions=edits)
+    assert result.interventions == [iv.describe() for iv in edits]
+    for table, value in (("scores", "logprob"), ("attention", "mass")):
+        np.testing.assert_allclose(result.tables[table][value], invariant_run.tables[table][value], atol=1e-9)
+    assert result.tables["invariance"]["invariant"].all()
 
 
 def test_the_same_model_without_the_edits_is_not_invariant(llama64):
