@@ -316,6 +316,12 @@ def test_bad_rows_are_rejected_with_their_line_and_nothing_is_stored(tmp_path, c
     assert dataset.name == "kv" and options == {"task": "kv"}
     with pytest.raises(BadOptionError, match="task=mcq"):
         PositionBiasProbe(task="mcq")._datasets(dataset)
+    # run(model, data=PATH) goes through the same reader as --data (Probe.run calls check_data first)
+    assert PositionBiasProbe.check_data(str(mine)).rows == dataset.rows
+    with pytest.raises(MalformedDataError, match=r"bad.jsonl:2:"):
+        PositionBiasProbe.check_data(data)
+    with pytest.raises(BadOptionError, match="a kv, mdqa, mcq or judge dataset"):
+        PositionBiasProbe.check_data(["some", "texts"])
 
 
 def _toy_choice_scores(task, rows, prefers):
