@@ -368,6 +368,23 @@ def test_smollm2_shows_the_published_choice_biases(smollm2):
     judge = PositionBiasProbe(task="judge", n_items=4, n_boot=0).run(smollm2).summary
     assert judge["prompt_format"] == "chat"
     assert judge["judge.first_slot_rate"] > 0.5 and judge["judge.flip_rate"] > 0.5
+    # a slot preference, not only a label one: it stays with the labels moving over the slots (0.62)
+    assert judge["judge.first_slot_rate_all_labels"] > 0.5
     mcq = PositionBiasProbe(task="mcq", n_items=4, label_rotations=False, n_boot=0).run(smollm2)
     prior = mcq.tables["pride_prior"]["prior"]
     assert prior.sum() == pytest.approx(1) and prior.max() > 0.35
+
+
+@pytest.mark.embedded
+def test_gemma_is_lost_in_the_middle_and_its_judge_bias_is_a_label_bias(gemma):
+    """Liu et al.'s U curve on a real model: Gemma-3-270M (base, plain prompt) retrieves a kv
+    pair best at the first slot and worst in the middle of 5 (renormalised gold log-probability
+    -0.02 / -2.14 / -1.86 at slots 0 / 2 / 4, accuracy 1.00 / 0.25 / 0.50). Its judge always
+    answers "A": every verdict flips when the answers swap under fixed labels, none when the
+    labels travel with the answers, so the probe calls it a label-token bias, not a slot bias."""
+    kv = PositionBiasProbe(task="kv", n_items=4, n_boot=0, attention=False).run(gemma).summary
+    assert kv["prompt_format"] == "plain"
+    assert kv["kv.n5.primacy"] > 1 and kv["kv.n5.middle_dip"] > 0.5 and kv["kv.n5.worst_slot"] == 2
+    judge = PositionBiasProbe(task="judge", n_items=4, n_boot=0, attention=False).run(gemma).summary
+    assert judge["judge.flip_rate"] == 1 and judge["judge.flip_rate_labels_move"] == 0
+    assert judge["judge.first_slot_rate_all_labels"] == 0.5 and judge["judge.most_chosen_label"].startswith("A (1.00")
