@@ -185,41 +185,81 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def _report_models(args) -> list[str]:
+    from .zoo import DEFAULT_MODEL
+
+    models = list(args.model or [])
+    for part in args.models or []:
+        models += [m.strip() for m in part.split(",") if m.strip()]
+    models = list(dict.fromkeys(models))  # each model once, in the order given
+    return models or [DEFAULT_MODEL]
+
+
+def _stored_or_run(store, model, probe, interventions, args, unsaved):
+    """The newest stored run of ``probe`` (default data, same config and interventions) unless
+    ``--rerun``; else a fresh run, stored."""
+    described = [iv.describe() for iv in interventions]
+    run_id = None if args.rerun else store.latest(model.model_id, probe.name, probe.get_params(),
+                                                  json.loads(json.dumps(described, default=str)), data_source="default")
+    label = probe.name + (" under " + " + ".join(iv.name for iv in interventions) if interventions else "")
+    if run_id is not None:
+        _say(f"posbench: using stored run {run_id} of {label}")
+        return store.load(run_id)
+    _say(f"posbench: running {label} on {model.model_id} (not in the store yet)")
+    result = probe.run(model, interventions=interventions, progress=not args.quiet)
+    try:
+        store.save(result)
+    except StoreBusyError as err:  # keep going: the result is safe and still goes in the report
+        _say(f"posbench: warning: {err}")
+        unsaved.append(err)
+    return result
+
+
+def _model_report(alias, out, store, args, interventions, unsaved):
     from .model import load_model
     from .registry import probes
-    from .report import write_report
-    from .store import Store
+    from .report import in_suite, write_report
 
-    out = Path(args.out) if args.out else Path("posbench-report") / args.model.replace("/", "__")
-    _writable_folder(out, "--out")
-    store = Store(args.store)
-    model = load_model(args.model, progress=_progress_printer)
-    results, skipped, unsaved = [], {}, []
+    model = load_model(alias, progress=_progress_printer)
+    for iv in interventions:
+        iv.validate(model)
+    results, intervened, skipped = [], [], {}
     for name, probe_cls in probes().items():
-        if not probe_cls.reported:
+        if not in_suite(probe_cls, args.suite):
             continue
         reason = probe_cls.not_applicable(model)
         if reason:
             skipped[name] = reason
             _say(f"posbench: skipping {name}: {reason}")
             continue
-        probe = probe_cls()
-        run_id = None if args.rerun else store.latest(model.model_id, name, probe.get_params(), [], data_source="default")
-        if run_id is None:
-            _say(f"posbench: running {name} on {model.model_id} (not in the store yet)")
-            result = probe.run(model, progress=not args.quiet)
-            try:
-                store.save(result)
-            except StoreBusyError as err:  # keep going: the result is safe and still goes in the report
-                _say(f"posbench: warning: {err}")
-                unsaved.append(err)
-        else:
-            _say(f"posbench: using stored run {run_id} of {name}")
-            result = store.load(run_id)
-        results.append(result)
-    index = write_report(model.card, results, out, log=_progress_printer, skipped=skipped)
-    print(index)
+        results.append(_stored_or_run(store, model, probe_cls(), (), args, unsaved))
+        for iv in interventions:
+            intervened.append(_stored_or_run(store, model, probe_cls(), (iv,), args, unsaved))
+    page = write_report(model.card, results, out, log=_progress_printer, skipped=skipped, intervened=intervened)
+    return model.card, results, page
+
+
+def cmd_report(args) -> int:
+    from .registry import parse_intervention
+    from .report import ModelReport, write_index
+    from .store import Store
+
+    models = _report_models(args)
+    several = len(models) > 1
+    root = Path(args.out) if args.out else Path("posbench-report") / ("" if several else models[0].replace("/", "__"))
+    _writable_folder(root, "--out")
+    interventions = [parse_intervention(s) for s in (args.intervention or [])]
+    store = Store(args.store)
+    unsaved: list = []
+    reports = []
+    for alias in models:
+        out = root / alias.replace("/", "__") if several else root
+        card, results, page = _model_report(alias, out, store, args, interventions, unsaved)
+        reports.append(ModelReport(card, results, page))
+        if not several:
+            print(page)
+    if several:
+        print(write_index(reports, root, log=_progress_printer))
     return StoreBusyError.exit_code if unsaved else 0
 
 
@@ -358,14 +398,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_rep = sub.add_parser(
         "report",
-        help="write a self-contained HTML report for a model",
-        description="Run every reported probe that is missing from the store, then write "
-        "OUT/index.html (opens offline), OUT/results.json and OUT/tables/*.csv.",
+        help="write self-contained HTML reports for one or several models",
+        description="Run every probe of the suite that is missing from the store, then write "
+        "OUT/index.html (opens offline), OUT/results.json and OUT/tables/*.csv (+ .parquet with pyarrow). "
+        "With several models: one such folder per model and OUT/index.html comparing them.",
     )
-    p_rep.add_argument("--model", "-m", default=None, action=_Once,
-                       hint="a report covers one model: run `posbench report` once per model",
-                       help="zoo alias, folder or hub name (default smollm2-135m-instruct)")
-    p_rep.add_argument("--out", "-o", action=_Once, help="output folder (default posbench-report/MODEL)")
+    p_rep.add_argument("--model", "-m", action="append", metavar="MODEL",
+                       help="zoo alias, folder or hub name; repeat for several models (default smollm2-135m-instruct)")
+    p_rep.add_argument("--models", action="append", metavar="A,B",
+                       help="several models, comma-separated: one report each plus OUT/index.html comparing them")
+    p_rep.add_argument("--out", "-o", action=_Once,
+                       help="output folder (default posbench-report/MODEL; with several models posbench-report, "
+                       "one sub-folder per model)")
+    p_rep.add_argument("--suite", choices=("standard", "full"), default="standard", action=_Once,
+                       help="standard: the probes that take minutes on a CPU (default); full: every probe")
+    p_rep.add_argument("--intervention", "-i", action="append", metavar="NAME:ARGS",
+                       help="also run the suite under this intervention and show it beside the plain runs; repeatable")
     p_rep.add_argument("--store", action=_Once, help=STORE_HELP)
     p_rep.add_argument("--rerun", action="store_true", help="run the probes again even if stored")
     p_rep.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -398,10 +446,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help (0) or a usage error (2), already printed
         return done.code if isinstance(done.code, int) else 2
-    if getattr(args, "command", None) == "report" and args.model is None:
-        from .zoo import DEFAULT_MODEL
-
-        args.model = DEFAULT_MODEL
     warnings.showwarning = _show_warning
     try:
         return args.func(args)

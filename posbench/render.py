@@ -82,6 +82,14 @@ def render(result: "ProbeResult") -> RenderedResult:
     )
 
 
+def safe_finding(result: "ProbeResult") -> "Finding | None":
+    """The result's finding, or None when its stored tables cannot give one."""
+    try:
+        return result.view.finding(result)
+    except _VIEW_ERRORS:
+        return None
+
+
 def _text(value: Any) -> Any:
     """Strings HTML-escaped for plotly's pseudo-HTML (which shows ``&lt;`` as ``<``), through
     lists and dicts; other values unchanged."""

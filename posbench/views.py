@@ -70,6 +70,12 @@ class ProbeView:
         return None
 
     @classmethod
+    def compare(cls, results: "dict[str, ProbeResult]") -> dict[str, "go.Figure"]:
+        """Figures that put several models' results (by model id) on the same axes, for the report
+        index; empty if the probe has none."""
+        return {}
+
+    @classmethod
     def metric_label(cls, key: str) -> str:
         """The human name (with unit) of a summary key."""
         for pattern, label in cls.labels:

@@ -103,3 +103,20 @@ class PositionalHeadsView(ProbeView):
             hover_data=["layer", "head"], title="Content invariance vs position dependence",
         )
         return figs
+
+    @classmethod
+    def compare(cls, results):
+        """Share of heads in each class, one bar group per class, one colour per model."""
+        import pandas as pd
+        import plotly.express as px
+
+        rows = []
+        for model, r in results.items():
+            heads = r.tables["heads"]
+            share = heads["class"].value_counts(normalize=True)
+            rows += [{"model": model, "class": k, "share of heads": float(v), "heads": int((heads["class"] == k).sum())}
+                     for k, v in share.items()]
+        frame = pd.DataFrame(rows)
+        return {"head_classes_by_model": px.bar(
+            frame, x="class", y="share of heads", color="model", barmode="group", hover_data=["heads"],
+            title="Heads by class (share of each model's heads)")}

@@ -123,3 +123,23 @@ class RopeUsageView(ProbeView):
             labels={"delta_loss": "loss - baseline loss (nats/token)"},
         )
         return figs
+
+    @classmethod
+    def compare(cls, results):
+        """q-norm band shares and the p-RoPE loss changes, side by side per model."""
+        import plotly.express as px
+
+        rows, effects = [], []
+        for model, r in results.items():
+            s = r.summary
+            rows += [{"model": model, "band": "lowest quarter", "share of q norm": s["q_norm_share_lowest_quarter"]},
+                     {"model": model, "band": "highest quarter", "share of q norm": s["q_norm_share_highest_quarter"]}]
+            eff = r.tables["band_effects"]
+            effects += [{"model": model, "condition": c, "loss change (nats/token)": d}
+                        for c, d in zip(eff.condition, eff.delta_loss) if c != "none"]
+        return {
+            "rope_band_shares": px.bar(pd.DataFrame(rows), x="band", y="share of q norm", color="model", barmode="group",
+                                       title="Share of q norm by frequency band (Barbero et al. 2025)"),
+            "rope_band_effects": px.bar(pd.DataFrame(effects), x="condition", y="loss change (nats/token)", color="model",
+                                        barmode="group", title="p-RoPE: change in next-token loss when a band stops rotating"),
+        }

@@ -123,3 +123,21 @@ class SinksView(ProbeView):
                 title=f"Residual-stream max |x| per position vs the layer median ({kind})",
             )
         return figs
+
+    @classmethod
+    def compare(cls, results):
+        """Sink rate per layer against relative depth (layer / last layer), one line per model."""
+        import pandas as pd
+        import plotly.express as px
+
+        rows = []
+        for model, r in results.items():
+            ls = r.tables["layer_sink_rate"]
+            ls = ls[(ls.key_pos == 0) & (ls["input"] == ("natural" if "natural" in set(ls["input"]) else ls["input"].iloc[0]))]
+            last = max(int(ls.layer.max()), 1)
+            rows.append(pd.DataFrame({"model": model, "relative depth": ls.layer / last, "layer": ls.layer,
+                                      "sink rate": ls.sink_rate}))
+        frame = pd.concat(rows, ignore_index=True)
+        return {"sink_rate_by_depth": px.line(
+            frame, x="relative depth", y="sink rate", color="model", markers=True, hover_data=["layer"], range_y=[0, 1.02],
+            title="Sink rate per layer (natural text) against relative depth (0 = first layer, 1 = last)")}
