@@ -232,9 +232,13 @@ def _model_report(alias, out, store, args, interventions, unsaved):
             skipped[name] = reason
             _say(f"posbench: skipping {name}: {reason}")
             continue
-        results.append(_stored_or_run(store, model, probe_cls(), (), args, unsaved))
-        for iv in interventions:
-            intervened.append(_stored_or_run(store, model, probe_cls(), (iv,), args, unsaved))
+        probe = probe_cls()
+        results.append(_stored_or_run(store, model, probe, (), args, unsaved))
+        asked = [_stored_or_run(store, model, probe, (iv,), args, unsaved) for iv in interventions]
+        asked_ids = {r.run_id for r in asked}
+        stored = [store.load(rid) for rid in store.intervened(model.model_id, name, probe.get_params())
+                  if rid not in asked_ids]
+        intervened += asked + stored
     page = write_report(model.card, results, out, log=_progress_printer, skipped=skipped, intervened=intervened)
     return model.card, results, page
 

@@ -447,6 +447,19 @@ class Store:
             return row.run_id
         return None
 
+    def intervened(self, model: str, probe: str, config: dict[str, Any], data_source: str = "default") -> list[str]:
+        """The newest run of ``probe`` on ``model`` with this config and data source under each
+        distinct list of interventions (none excluded), newest first."""
+        seen, out = set(), []
+        for _, row in self.runs(model=model, probe=probe).iterrows():
+            key = _normal(row.interventions)
+            if not row.interventions or key in seen or _normal(row.config) != _normal(config):
+                continue
+            if self._data_source(row.run_id) == data_source:
+                seen.add(key)
+                out.append(row.run_id)
+        return out
+
     def _data_source(self, run_id: str) -> str:
         with self._read() as conn:
             (metadata,) = conn.execute("SELECT metadata FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -44,8 +44,9 @@ class SinksView(ProbeView):
         kind = "natural" if "natural" in kinds else (kinds[0] if kinds else None)
         if kind is not None:
             n_layers = int(ls0.layer.max()) + 1
-            late = ls0[(ls0["input"] == kind) & (ls0.layer >= min(2, n_layers - 1))]
-            sentences.append(f"Beyond layer 2 the sink rate is {pct(late.sink_rate.mean())} ({kind} text) and "
+            start = min(2, n_layers - 1)
+            late = ls0[(ls0["input"] == kind) & (ls0.layer >= start)]
+            sentences.append(f"From layer {start} on the sink rate is {pct(late.sink_rate.mean())} ({kind} text) and "
                              f"{pct(s.get(f'share_heads_majority_first_{kind}_layers2+', float('nan')))} of heads put "
                              "most of their attention on the first token.")
         follows = s.get("sink_follows")
