@@ -74,16 +74,16 @@ def cmd_models(args) -> int:
     from .zoo import ZOO
 
     if args.cards:
-        from .model import load_model
+        from .zoo import zoo_card
 
         for alias in ZOO:
             try:
-                model = load_model(alias, progress=_progress_printer)
+                card = zoo_card(alias, progress=_progress_printer)  # config and tokenizer (cached), no weights
             except PosbenchError as err:
                 print(f"{alias}: unavailable ({err})")
                 continue
             print(f"\n== {alias}")
-            for k, v in model.card.summary_rows():
+            for k, v in card.summary_rows():
                 print(f"  {k:24s} {v}")
         return 0
     width = max(map(len, ZOO))
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p_models = sub.add_parser("models", help="list the offline model zoo", description="List zoo models.")
-    p_models.add_argument("--cards", action="store_true", help="load each model and print its model card")
+    p_models.add_argument("--cards", action="store_true", help="print each model's card (read from its config and tokenizer; no weights are loaded)")
     p_models.set_defaults(func=cmd_models)
 
     p_run = sub.add_parser(
