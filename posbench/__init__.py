@@ -51,6 +51,13 @@ def run(probe: str, model: HookedModel, data: Any = None, interventions: Sequenc
     return get_probe(probe)(**config).run(model, data=data, interventions=interventions)
 
 
+def compare(*results: ProbeResult):
+    """One probe's results on several models side by side (findings, figures on shared axes)."""
+    from .compare import compare as _compare
+
+    return _compare(*results)
+
+
 def available_probes() -> dict[str, type[Probe]]:
     """Registered probes by name (every module in ``posbench.probes``)."""
     from .registry import probes as _probes
@@ -67,5 +74,5 @@ def available_interventions() -> dict[str, type[Intervention]]:
 
 __all__ = [
     "Batch", "HookedModel", "Intervention", "PosbenchError", "Probe", "ProbeResult", "Store", "ZOO",
-    "available_interventions", "available_probes", "load_model", "position_ids_from_mask", "run",
+    "available_interventions", "available_probes", "compare", "load_model", "position_ids_from_mask", "run",
 ]

@@ -317,9 +317,16 @@ class Probe(ABC):
         model: "HookedModel",
         data: Any = None,
         interventions: Sequence[Intervention] = (),
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> ProbeResult:
+        """Measure ``model`` (under ``interventions``) on ``data`` (None: the probe's own data).
+        ``progress``: bars for long work; by default on in a notebook or a terminal
+        (``posbench.progress.default_enabled``), shown once the work takes a few seconds."""
         from .limits import check_fits
+        from .progress import default_enabled
+
+        if progress is None:
+            progress = default_enabled()
 
         if data is not None:
             data = self.check_data(data)

@@ -192,8 +192,7 @@ class ModelReport:
 def write_index(reports: Sequence[ModelReport], out_dir: str | Path, log: Callable[[str], None] | None = None) -> Path:
     """``out_dir/index.html``: the models' findings side by side, each probe's comparison figures
     (``ProbeView.compare``) where at least two models have the probe, and a link to every report."""
-    from .registry import get_view
-    from .render import plotly_safe
+    from .compare import Comparison
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,27 +205,17 @@ def write_index(reports: Sequence[ModelReport], out_dir: str | Path, log: Callab
     probes = list(dict.fromkeys(res.probe for r in reports for res in r.results))
     sections = [f'<section id="models"><h2>Model reports</h2><ul>{links}</ul></section>']
     for probe in probes:
-        by_model = {r.card.model_id: res for r in reports for res in r.results if res.probe == probe}
-        findings = {model: safe_finding(res) for model, res in by_model.items()}
-        rows = [{"model": model, "finding": "" if f is None else " ".join(f.sentences),
-                 "against the published result": "" if f is None else f.verdict} for model, f in findings.items()]
+        comparison = Comparison([res for r in reports for res in r.results if res.probe == probe])
         parts = [f'<section id="{safe_id(probe)}"><h2>{h(probe)}</h2>']
-        published = next((f.published for f in findings.values() if f is not None and f.published), "")
-        if published:
-            parts.append(f'<div class="finding"><p><b>Published.</b> {h(published)}</p></div>')
-        view = get_view(probe)
-        parts.append(_escape_frame(pd.DataFrame(rows), classes="findings"))
-        if len(by_model) >= 2:
-            try:
-                figures = view.compare({h(m): plotly_safe(res) for m, res in by_model.items()})
-            except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
-                figures = {}
-                parts.append(f'<p class="problem">comparison figures could not be drawn ({h(type(err).__name__)}: {h(str(err))})</p>')
-            for name, fig in figures.items():
-                fig.update_layout(template="plotly_white", height=420, margin={"t": 60, "l": 60, "r": 20, "b": 50})
-                parts.append(f'<div class="figure" data-figure="{h(name)}">'
-                             + fig.to_html(full_html=False, include_plotlyjs=False, div_id=safe_id(f"compare-{name}"))
-                             + "</div>")
+        if comparison.published():
+            parts.append(f'<div class="finding"><p><b>Published.</b> {h(comparison.published())}</p></div>')
+        parts.append(_escape_frame(comparison.findings(), classes="findings"))
+        for name, fig in comparison.figures.items():
+            fig.update_layout(template="plotly_white", height=420, margin={"t": 60, "l": 60, "r": 20, "b": 50})
+            parts.append(f'<div class="figure" data-figure="{h(name)}">'
+                         + fig.to_html(full_html=False, include_plotlyjs=False, div_id=safe_id(f"compare-{name}"))
+                         + "</div>")
+        parts += [f'<p class="problem">{h(p)}</p>' for p in comparison.problems]
         parts.append("</section>")
         sections.append("\n".join(parts))
     toc = " · ".join(['<a href="#models">models</a>', *(f'<a href="#{safe_id(p)}">{h(p)}</a>' for p in probes)])

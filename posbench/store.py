@@ -110,6 +110,17 @@ class Store:
         if version is None:
             self._create()
 
+    def __repr__(self) -> str:
+        try:
+            with self._read() as conn:
+                rows = conn.execute("SELECT probe, COUNT(*) FROM runs GROUP BY probe ORDER BY probe").fetchall()
+                models = conn.execute("SELECT COUNT(DISTINCT model_id) FROM runs").fetchone()[0]
+        except (sqlite3.Error, StoreError):
+            return f"<Store {self.path}>"
+        total = sum(n for _, n in rows)
+        probes = ", ".join(f"{p} {n}" for p, n in rows)
+        return f"<Store {self.path}: {total} runs of {models} models{' (' + probes + ')' if rows else ''}>"
+
     # ------------------------------------------------------------------ plumbing
     def _check_kind(self) -> None:
         try:
