@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="write self-contained HTML reports for one or several models",
         description="Run every probe of the suite that is missing from the store, then write "
-        "OUT/index.html (opens offline), OUT/results.json and OUT/tables/*.csv (+ .parquet with pyarrow). "
+        "OUT/index.html (opens offline), OUT/results.json and OUT/tables/*.csv and *.parquet. "
         "With several models: one such folder per model and OUT/index.html comparing them.",
     )
     p_rep.add_argument("--model", "-m", action="append", metavar="MODEL",

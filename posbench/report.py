@@ -1,6 +1,6 @@
 """Reports: one self-contained HTML page per model (plotly.js embedded once, opens offline) with
-machine-readable results beside it (``results.json``, ``tables/*.csv`` and, when pyarrow is
-installed, ``tables/*.parquet``), and an index that compares several models on the same axes.
+machine-readable results beside it (``results.json``, ``tables/*.csv`` and ``tables/*.parquet``),
+and an index that compares several models on the same axes.
 
 Each probe's section opens with its finding (``ProbeView.finding``: numbers, then the published
 result it reproduces), then the summary with human names and units, reading tables, figures and
@@ -84,14 +84,6 @@ def _table_names(results: Sequence[ProbeResult]) -> dict[tuple[int, str], str]:
     return names
 
 
-def _has_parquet() -> bool:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------- interventions
 def intervention_comparison(plain: ProbeResult, under: Sequence[ProbeResult]) -> pd.DataFrame:
     """One row per summary measure of ``plain``: its value without interventions and under each
@@ -134,7 +126,7 @@ def write_report(
     skipped: dict[str, str] | None = None,
     intervened: Sequence[ProbeResult] = (),
 ) -> Path:
-    """Write ``index.html``, ``results.json`` and ``tables/*.csv`` (+ ``*.parquet``) into
+    """Write ``index.html``, ``results.json`` and ``tables/*.csv`` + ``*.parquet`` into
     ``out_dir``; ``intervened`` are runs of the same probes under interventions."""
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -149,7 +141,7 @@ def write_report(
     index = out / "index.html"
     index.write_text(_page(f"posbench report: {card.model_id}", toc, _card_html(card), sections), encoding="utf-8")
     every = [*results, *intervened]
-    stems, parquet = _table_names(every), _has_parquet()
+    stems = _table_names(every)
 
     def entry(i: int, r: ProbeResult) -> dict:
         finding = safe_finding(r)
@@ -172,8 +164,7 @@ def write_report(
     for i, r in enumerate(every):
         for name, frame in r.tables.items():
             frame.to_csv(out / "tables" / f"{stems[(i, name)]}.csv", index=False)
-            if parquet:
-                frame.to_parquet(out / "tables" / f"{stems[(i, name)]}.parquet", index=False)
+            frame.to_parquet(out / "tables" / f"{stems[(i, name)]}.parquet", index=False)
     if log:
         log(f"wrote {index} and {out / 'results.json'}")
     return index
@@ -192,7 +183,7 @@ class ModelReport:
 def write_index(reports: Sequence[ModelReport], out_dir: str | Path, log: Callable[[str], None] | None = None) -> Path:
     """``out_dir/index.html``: the models' findings side by side, each probe's comparison figures
     (``ProbeView.compare``) where at least two models have the probe, and a link to every report."""
-    from .compare import Comparison
+    from .comparison import Comparison
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -65,3 +65,25 @@ def test_example_notebook_runs_end_to_end(path, tmp_path):
     assert errors == []
     assert _plotlyjs_copies(nb) == 1, "plotly.js once per notebook"
     assert any('class="finding"' in html or "findings" in html for html in _html_outputs(nb))
+
+
+def test_progress_is_on_by_default_where_someone_watches(monkeypatch):
+    import sys
+
+    from posbench import progress
+
+    monkeypatch.setattr(progress, "in_notebook", lambda: False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert progress.default_enabled() is False and progress.Progress(3, "x", enabled=None)._bar is None
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    bar = progress.Progress(3, "x", enabled=None)
+    try:
+        assert bar._bar is not None and bar._bar.delay == progress.DELAY, "on, shown after a few seconds"
+        try:
+            import ipywidgets  # noqa: F401
+
+            assert type(bar._bar).__module__ == "tqdm.notebook"
+        except ImportError:
+            assert type(bar._bar).__module__ == "tqdm.std", "text bars without ipywidgets"
+    finally:
+        bar.close()

@@ -151,3 +151,17 @@ def test_reports_render_every_figure_offline_without_console_errors(two_models):
             assert errors == [], (page, errors)
     finally:
         driver.quit()
+
+
+def test_compare_in_the_api(tiny_llama, tiny_neox):
+    """`posbench.compare` puts one probe's results on several models side by side (callable
+    again: the function is not shadowed by a module of the same name)."""
+    import posbench
+
+    a = posbench.run("sinks", tiny_llama, n_sequences=1, seq_len=12, progress=False)
+    b = posbench.run("sinks", tiny_neox, n_sequences=1, seq_len=12, progress=False)
+    first, second = posbench.compare(a, b), posbench.compare(b, a)
+    assert list(first.findings().model) == ["tiny-llama", "tiny-neox"] and list(second.findings().model) == ["tiny-neox", "tiny-llama"]
+    assert set(first.figures) == {"sink_rate_by_depth"} and "Gu et al. 2025" in first._repr_html_()
+    with pytest.raises(ValueError, match="one probe at a time"):
+        posbench.compare(a, posbench.run("positional-heads", tiny_llama, n_random=2, n_natural=1, seq_len=12, progress=False))
