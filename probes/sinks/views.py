@@ -67,6 +67,10 @@ class SinksView(ProbeView):
         if kind is not None:
             agree = s[f"sink_rate_{kind}_pct"] > 50
             checks.append(("most heads sink" if agree else "fewer than half the heads sink", agree))
+        if "sink_rate_repeated_pct" in s and not s.get("bos_prepended"):
+            none = s["sink_rate_repeated_pct"] < 10
+            checks.append(("no sink on repeated tokens without BOS" if none else
+                           f"a sink on repeated tokens without BOS ({s['sink_rate_repeated_pct']:.1f}%)", none))
         if "max_activation_ratio" in s:
             big = s["max_activation_ratio"] >= 100
             checks.append(("a massive activation is present" if big else "no massive activation (ratio < 100×)", big))
