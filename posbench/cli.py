@@ -195,7 +195,33 @@ def _report_models(args) -> list[str]:
     return models or [DEFAULT_MODEL]
 
 
-def _stored_or_run(store, model, probe, interventions, args, unsaved):
+class _ReportModel:
+    """A report's model, loaded only when a probe has to run: while every run is in the store, a
+    zoo model's cached card (no weights, no torch import) answers what the report needs."""
+
+    def __init__(self, alias: str):
+        from .zoo import ZOO, zoo_card
+
+        self.alias, self._model = alias, None
+        self.card = zoo_card(alias, progress=_progress_printer) if alias in ZOO else self.load().card
+        self.model_id = self.card.model_id
+
+    def load(self):
+        if self._model is None:
+            from .model import load_model
+
+            self._model = load_model(self.alias, progress=_progress_printer)
+            self.card, self.model_id = self._model.card, self._model.model_id
+        return self._model
+
+    def not_applicable(self, probe_cls) -> str | None:
+        try:
+            return probe_cls.not_applicable(self)
+        except AttributeError:  # the probe asks more than the card: ask the loaded model
+            return probe_cls.not_applicable(self.load())
+
+
+def _stored_or_run(store, model: _ReportModel, probe, interventions, args, unsaved):
     """The newest stored run of ``probe`` (default data, same config and interventions) unless
     ``--rerun``; else a fresh run, stored."""
     described = [iv.describe() for iv in interventions]
@@ -206,7 +232,7 @@ def _stored_or_run(store, model, probe, interventions, args, unsaved):
         _say(f"posbench: using stored run {run_id} of {label}")
         return store.load(run_id)
     _say(f"posbench: running {label} on {model.model_id} (not in the store yet)")
-    result = probe.run(model, interventions=interventions, progress=not args.quiet)
+    result = probe.run(model.load(), interventions=interventions, progress=not args.quiet)
     try:
         store.save(result)
     except StoreBusyError as err:  # keep going: the result is safe and still goes in the report
@@ -216,18 +242,17 @@ def _stored_or_run(store, model, probe, interventions, args, unsaved):
 
 
 def _model_report(alias, out, store, args, interventions, unsaved):
-    from .model import load_model
     from .registry import probes
     from .report import in_suite, write_report
 
-    model = load_model(alias, progress=_progress_printer)
+    model = _ReportModel(alias)
     for iv in interventions:
-        iv.validate(model)
+        iv.validate(model.load())
     results, intervened, skipped = [], [], {}
     for name, probe_cls in probes().items():
         if not in_suite(probe_cls, args.suite):
             continue
-        reason = probe_cls.not_applicable(model)
+        reason = model.not_applicable(probe_cls)
         if reason:
             skipped[name] = reason
             _say(f"posbench: skipping {name}: {reason}")

@@ -65,11 +65,19 @@ def test_model_report_states_findings_names_metrics_and_shows_interventions(two_
     assert len(Store(store).runs()) == 3 * 2 + 2 * 2, "plain + ablated runs of 3 probes (llama) and 2 (gpt2)"
 
 
-def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models):
+def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models, monkeypatch):
     out, store, argv = two_models
     n = len(Store(store).runs())
     assert main(argv) == 0
     assert len(Store(store).runs()) == n, "every run was reused"
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("every run is stored: the model must not be loaded")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("posbench.model.load_model", no_load)
+        assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "fast"), "-q"]) == 0
+    assert "sink rate, natural input" in (out / "fast" / "index.html").read_text()
     assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "again"), "-q", "--rerun"]) == 0
     assert len(Store(store).runs()) == n + 2, "--rerun runs the suite again (2 probes apply to gpt2)"
 
