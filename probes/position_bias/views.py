@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from posbench.protocols import ProbeResult
-from posbench.views import ProbeView
+from posbench.views import Finding, ProbeView, pct
 
 RETRIEVAL = ("kv", "mdqa")
 CURVES = {  # metric -> (mean, lo, hi, axis title)
@@ -38,6 +38,43 @@ def _band_figure(frame: pd.DataFrame, x: str, metric: str, title: str, xaxis: st
 
 class PositionBiasView(ProbeView):
     probe = "position-bias"
+
+    @classmethod
+    def finding(cls, result: ProbeResult) -> Finding:
+        """The U curve's ends against its middle, the MCQ label prior, the judge's flips in both
+        protocols; compared with Liu et al. 2024, Zheng et al. 2024 and the judge swap test."""
+        s, curve = result.summary, result.tables["u_curve"]
+        sentences, checks = [], []
+        for (task, n), g in curve[curve["task"].isin(RETRIEVAL)].groupby(["task", "n_segments"], sort=False):
+            g = g.sort_values("gold_slot")
+            acc = " / ".join(f"{a:.2f}" for a in g["accuracy"])
+            slots = " / ".join(str(int(x)) for x in g["gold_slot"])
+            primacy, dip = s.get(f"{task}.n{n}.primacy"), s.get(f"{task}.n{n}.middle_dip")
+            sentences.append(f"{task}, {n} segments: accuracy {acc} with the answer in slot {slots}"
+                             + (f" (renormalised log p(gold): primacy {primacy:+.2f}, middle dip {dip:+.2f})."
+                                if primacy is not None and dip is not None else "."))
+            if dip is not None:
+                checks.append((f"{task} {'dips' if dip > 0 else 'does not dip'} in the middle ({n} segments)", dip > 0))
+        if "mcq.pride_prior" in s:
+            sentences.append(f"MCQ: PriDe label prior {s['mcq.pride_prior']} (uniform 0.25); most chosen label "
+                             f"{s.get('mcq.most_chosen_label', '?')}, slot {s.get('mcq.most_chosen_slot', '?')}.")
+            top = max(float(part.split("=")[1]) for part in s["mcq.pride_prior"].split())
+            checks.append(("the label prior is not uniform" if top > 0.35 else "the label prior is near uniform",
+                           top > 0.35))
+        if "judge.flip_rate" in s:
+            sentences.append(f"Judge: {pct(s['judge.flip_rate'])} of verdicts flip when the answers swap under fixed "
+                             f"labels (first slot chosen {pct(s['judge.first_slot_rate'])}), "
+                             f"{pct(s.get('judge.flip_rate_labels_move', float('nan')))} when the labels move with them.")
+            checks.append(("the judge's verdicts depend on the order" if s["judge.flip_rate"] > 0.2
+                           else "the judge's verdicts hardly depend on the order", s["judge.flip_rate"] > 0.2))
+        published = ("Liu et al. 2024: accuracy is highest with the answer at the start or the end of the context and "
+                     "lowest in the middle; Zheng et al. 2024: models prefer some option labels (a non-uniform PriDe "
+                     "prior); LLM judges change verdicts when the answers swap (Zheng et al. 2023).")
+        verdict = ""
+        if checks:
+            word = "Agrees" if all(ok for _, ok in checks) else "Differs" if not any(ok for _, ok in checks) else "Partly agrees"
+            verdict = f"{word}: " + "; ".join(text for text, _ in checks) + "."
+        return Finding(sentences, published, verdict, ["Liu et al. 2024", "Zheng et al. 2024", "Zheng et al. 2023"])
 
     @classmethod
     def reading_tables(cls, result: ProbeResult):
