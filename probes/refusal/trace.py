@@ -188,7 +188,10 @@ def trace_sequences(
     layer = direction.layer
     r_hat = direction.unit.float()
     weight, bias = direction.probe_weight.float(), direction.probe_bias
-    through_heads = {l: (model.backend.head_output_weights(l).float() @ r_hat) for l in range(layer)}  # [H, d]
+    through_heads = {}  # W_O[h] @ r̂ per layer, [H, d]: a head's direct term is z_h . (W_O[h] @ r̂)
+    for l in range(layer):
+        w_o = model.backend.head_output_weights(l).float()
+        through_heads[l] = w_o @ r_hat.to(w_o.device)
 
     def per_token(x, ctx):
         xs = x.float()

@@ -18,9 +18,11 @@ class RefusalView(ProbeView):
     @classmethod
     def reading_tables(cls, result: ProbeResult):
         t = result.tables
-        chosen = t["candidates"][t["candidates"].selected][
-            ["layer", "position", "token", "direction_norm", "dim_val_auroc", "dim_val_accuracy", "dim_val_d",
-             "probe_val_accuracy", "probe_val_auroc"]].round(4)
+        cand = t["candidates"]
+        layer = cand.layer == result.summary["layer"]
+        chosen = cand[layer & (cand.selected | (cand.position == -1))][
+            ["layer", "position", "token", "selected", "direction_norm", "dim_val_auroc", "dim_val_accuracy",
+             "dim_val_d", "probe_val_accuracy", "probe_val_auroc"]].round(4)
         behaviour = t["behaviour"][["condition", "label", "n", "refusal_rate", "refusal_lo", "refusal_hi",
                                     "probe_refusal_rate", "mean_probability", "mean_refusal_score", "cliff",
                                     "cliff_lo", "cliff_hi"]].round(4)
@@ -28,7 +30,7 @@ class RefusalView(ProbeView):
         top = heads.sort_values("direct").head(10)[["layer", "head", "direct", "direct_sd", "causal", "ablated"]].round(4)
         answers = t["generations"][["condition", "label", "instruction", "response", "refused", "decision_probability"]].copy()
         answers["response"] = answers.response.str.slice(0, 120)
-        return {"chosen direction": chosen, "refusal by condition": behaviour,
+        return {"chosen direction (and the probe of its layer, at position -1)": chosen, "refusal by condition": behaviour,
                 "heads pushing refusal down (direct, at the decision token)": top, "answers": answers.round(4)}
 
     @classmethod
@@ -55,12 +57,12 @@ class RefusalView(ProbeView):
         )
         trace = t["trace"]
         window = trace[trace.rel >= -TRACE_WINDOW]
-        for score in ("probability", "projection"):
+        for score, what in (("probability", "probe probability"), ("projection", "projection on the direction")):
             mean = window.groupby(["condition", "label", "rel"], as_index=False)[score].mean()
             figs[f"trace_{score}"] = px.line(
                 mean, x="rel", y=score, color="label", line_dash="condition",
                 labels={"rel": "tokens from the decision token (0 = last token before the answer)"},
-                title=f"Refusal trace at layer {s['layer']}: mean probe {score} aligned at the decision token",
+                title=f"Refusal trace at layer {s['layer']}: mean {what}, aligned at the decision token",
             ).add_vline(x=0, line_dash="dot")
         example = trace[(trace.condition == "baseline") & (trace.label == "harmful") & (trace.item == trace.item.min())]
         figs["example_trace"] = px.scatter(
