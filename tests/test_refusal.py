@@ -366,3 +366,4 @@ def test_gemma_runs_without_a_chat_template(gemma):
                           conditions=("baseline",), n_boot=0).run(gemma)
     assert result.summary["prompt_format"] == "plain" and result.summary["template_tokens"] == "\nAssistant:"
     assert not result.summary["attribution_additive"]  # Gemma 3 normalises block outputs before adding them
+    assert result.summary["heads_ranked_by"] == "causal"

@@ -62,7 +62,8 @@ class RefusalConfig:
     probe_c: float = option(1.0, min=1e-6, help="inverse regularisation strength of the logistic-regression probes")
     tail_fraction: float = option(0.2, min=0.01, max=1.0, help="cliff: the share of the span's last tokens averaged")
     head_fraction: float = option(0.03, min=0.0, max=1.0, help="share of all heads ablated in the ablate-heads condition")
-    rank_heads_by: str = option("direct", choices=("direct", "causal"), help="which attribution ranks the suppressor heads")
+    rank_heads_by: str = option("auto", choices=("auto", "direct", "causal"),
+                                help="which attribution ranks the suppressor heads (auto: direct where the residual stream is additive, else causal)")
     causal_heads: int = option(8, min=0, help="heads (most negative direct contribution first) checked by zero-ablation; 0 = every head")
     conditions: tuple[str, ...] = option(("baseline", "ablate-heads"), choices=CONDITIONS, nonempty=True,
                                          help="conditions the test instructions are answered and traced under")
@@ -185,7 +186,7 @@ class RefusalProbe(Probe):
         harmful = [i for i, label in enumerate(labels) if label == "harmful"]
         if direction.layer == 0:
             empty = pd.DataFrame(columns=["layer", "head", "direct", "direct_sd", "causal", "ablated"])
-            return empty, {"total": math.nan, "heads": 0.0, "rest": math.nan, "residual_error": 0.0, "additive": True}, []
+            return empty, {"residual_error": 0.0, "additive": True}, []
         table, check = attribution_table([outputs[i] for i in harmful], model.n_heads)
         order = table.sort_values("direct")
         chosen = order if c.causal_heads == 0 else order.head(c.causal_heads)
@@ -193,7 +194,9 @@ class RefusalProbe(Probe):
         with Progress(len(heads), "refusal: ablating heads one by one", enabled=progress, unit="head") as bar:
             effects = causal_effects(model, [seqs[i] for i in harmful], direction, heads, batch_size=c.batch_size, progress=bar)
         table["causal"] = [effects.get((int(r.layer), int(r["head"])), math.nan) for _, r in table.iterrows()]
-        top = suppressors(table, c.head_fraction, model.n_layers * model.n_heads, by=c.rank_heads_by)
+        by = c.rank_heads_by if c.rank_heads_by != "auto" else ("direct" if check["additive"] else "causal")
+        check["ranked_by"] = by
+        top = suppressors(table, c.head_fraction, model.n_layers * model.n_heads, by=by)
         table["ablated"] = [(int(r.layer), int(r["head"])) in top for _, r in table.iterrows()]
         return table, check, top
 
@@ -318,6 +321,10 @@ class RefusalProbe(Probe):
             if row.label == "harmful":
                 summary[f"cliff{suffix}"] = round(float(row.cliff), 4)
         summary["heads_ablated"] = ", ".join(f"L{l}H{h}" for l, h in top) or "none"
+        summary["heads_ranked_by"] = check.get("ranked_by", "direct")
+        if "total" in check:  # mean over harmful answers at the decision token: projection, and the heads' share
+            summary["decision_projection"] = round(check["total"], 4)
+            summary["decision_projection_from_heads"] = round(check["heads"], 4)
         summary["attribution_additive"] = bool(check.get("additive", True))
         summary["attribution_residual_error"] = float(f"{check.get('residual_error', 0.0):.3g}")
         return summary
