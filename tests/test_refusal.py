@@ -294,6 +294,44 @@ def test_probe_tables_and_conditions(tiny_run, tiny_llama):
     assert set(tiny_run.figures) >= {"separation_by_layer", "trace_probability", "refusal_rates", "head_attribution"}
 
 
+def test_ablation_selection_scores_the_shortlist(tiny_llama):
+    """Arditi-style selection: the best ``shortlist`` candidates by val separation get ablation,
+    steering and KL scores, recomputed here by hand for each, and the rule picks among them."""
+    from posbench.data import refusal_score, refusal_token_ids
+    from posbench.probes.refusal.direction import rank_by_separation
+
+    result = RefusalProbe(**dict(TINY, selection="ablation", shortlist=2, conditions=("baseline",))).run(tiny_llama)
+    cand = result.tables["candidates"]
+    scored = cand.dropna(subset=["ablation_score"])
+    top = rank_by_separation(cand, 0.8 * tiny_llama.n_layers).head(2)
+    assert sorted(zip(scored.layer, scored.position)) == sorted(zip(top.layer, top.position))
+    ds = RefusalDataset.builtin()
+    val = {label: [build_prompt(tiny_llama, t) for t in ds.select(label=label, split="val").instructions[:3]]
+           for label in ("harmful", "harmless")}
+    ids = refusal_token_ids(tiny_llama.tokenizer, space_variants=True)
+    d = RefusalDirection.from_result(result)
+    base = torch.log_softmax(last_token_logits(tiny_llama, val["harmless"]).double(), -1)
+    checked = 0
+    for _, row in scored.iterrows():
+        r = d.per_layer[int(row.layer)] if int(row.position) == d.position else None
+        if r is None:
+            continue  # only the chosen position's vectors are stored
+        with tiny_llama.intervene(DirectionalAblation(r)):
+            assert float(refusal_score(last_token_logits(tiny_llama, val["harmful"]), ids).mean()) == pytest.approx(row.ablation_score, abs=1e-5)
+            ablated = torch.log_softmax(last_token_logits(tiny_llama, val["harmless"]).double(), -1)
+        assert float((base.exp() * (base - ablated)).sum(-1).mean()) == pytest.approx(row.kl, abs=1e-6)
+        with tiny_llama.intervene(ActivationAddition(r, int(row.layer))):
+            assert float(refusal_score(last_token_logits(tiny_llama, val["harmless"]), ids).mean()) == pytest.approx(row.steering_score, abs=1e-5)
+        checked += 1
+    assert checked >= 1  # the chosen candidate is always on the shortlist
+    chosen = cand[cand.selected].iloc[0]
+    ok = scored[(scored.kl <= 0.1) & (scored.steering_score > 0)]
+    if len(ok):
+        assert chosen.ablation_score == ok.ablation_score.min()
+    else:
+        assert "no shortlisted candidate" in result.summary["selection"]
+
+
 def test_direction_from_result_store_file_and_cli(tiny_run, tiny_llama, tmp_path):
     store_path = tmp_path / "r.sqlite"
     run_id = Store(store_path).save(tiny_run)

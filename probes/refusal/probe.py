@@ -117,14 +117,16 @@ class RefusalProbe(Probe):
         return {label: ds.select(label=label, split=split).instructions[:n] for label in LABELS}
 
     def _select(self, model, candidates: pd.DataFrame, directions: torch.Tensor, positions: list[int],
-                val: dict[str, list[InstructionPrompt]], ids: list[int]) -> tuple[pd.Series, str]:
+                val: dict[str, list[InstructionPrompt]], ids: list[int], progress: bool) -> tuple[pd.Series, str]:
         """The chosen candidate row and a note on how it was chosen."""
         c = self.config
         ranked = rank_by_separation(candidates, c.max_layer_fraction * model.n_layers)
         if c.selection == "separation":
             return ranked.iloc[0], "best val separation (AUROC, then Cohen's d) among eligible layers"
         base = torch.log_softmax(last_token_logits(model, val["harmless"], batch_size=c.batch_size).double(), -1)
-        for index, row in ranked.head(c.shortlist).iterrows():
+        shortlist = ranked.head(c.shortlist)
+        bar = Progress(len(shortlist), "refusal: scoring candidates (ablation, steering, KL)", enabled=progress, unit="cand")
+        for index, row in shortlist.iterrows():
             r = directions[positions.index(int(row.position)), int(row.layer)]
             with model.intervene(DirectionalAblation(r)):
                 harmful = last_token_logits(model, val["harmful"], batch_size=c.batch_size)
@@ -134,6 +136,8 @@ class RefusalProbe(Probe):
             candidates.loc[index, "ablation_score"] = float(refusal_score(harmful, ids).mean())
             candidates.loc[index, "steering_score"] = float(refusal_score(steered, ids).mean())
             candidates.loc[index, "kl"] = float((base.exp() * (base - harmless)).sum(-1).mean())
+            bar.update(1)
+        bar.close()
         tried = candidates.dropna(subset=["ablation_score"])
         ok = tried[(tried.kl <= c.kl_threshold) & (tried.steering_score > 0)]
         if ok.empty:
@@ -250,7 +254,7 @@ class RefusalProbe(Probe):
         val_harmless = val_scores[n_train + counts[2]:]
         for col in ("ablation_score", "steering_score", "kl"):
             candidates[col] = math.nan
-        chosen, how = self._select(model, candidates, directions, positions, prompts["val"], ids)
+        chosen, how = self._select(model, candidates, directions, positions, prompts["val"], ids, progress)
         layer, position = int(chosen.layer), int(chosen.position)
         candidates["eligible"] = (candidates.layer >= 1) & (candidates.layer < c.max_layer_fraction * model.n_layers)
         candidates["selected"] = (candidates.layer == layer) & (candidates.position == position)
