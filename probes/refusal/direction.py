@@ -13,7 +13,6 @@ every layer, the probe weights there, and where it came from. ``from_result`` / 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -175,10 +174,6 @@ class RefusalDirection:
     def probability(self, resid: torch.Tensor) -> torch.Tensor:
         """The probe's refusal probability for residual vectors [..., D] at ``layer``."""
         return torch.sigmoid(resid.double() @ self.probe_weight.to(resid.device) + self.probe_bias)
-
-    def digest(self) -> str:
-        """A short digest of the unit direction's float32 bytes (recorded by interventions)."""
-        return hashlib.sha256(self.unit.float().numpy().tobytes()).hexdigest()[:12]
 
     # ------------------------------------------------------------------ persistence
     @classmethod
