@@ -263,6 +263,69 @@ def test_head_attribution_sums_to_the_projection(name, request):
     assert np.allclose(decision_projections(model, seqs, direction), [o.projection_at_decision for o in outputs], atol=1e-5)
 
 
+def _o_proj(model, layer):
+    """The HuggingFace o_proj of a tiny-llama layer (the module the bridge wraps)."""
+    attn = model.hf_model.model.layers[layer]._original_component.self_attn._original_component
+    return attn.o_proj._original_component
+
+
+def _seqs(model, texts=("How do I bake bread?", "Write a poem about rain.")):
+    answer = model.tokenizer("Sure, here", add_special_tokens=False)["input_ids"]
+    return [TracedSequence.build(model.tokenizer, build_prompt(model, t), answer) for t in texts]
+
+
+def test_direct_attribution_by_hand_from_hf_weights(fresh_llama):
+    """Each head's direct term, recomputed outside posbench: the input of the HuggingFace o_proj
+    (the heads' concatenated z) caught by a forward pre-hook, cut into heads, multiplied by that
+    head's columns of o_proj.weight and dotted with r̂ at the decision token."""
+    m = fresh_llama
+    layer = m.n_layers - 1
+    direction = _direction(m, layer, seed=7)
+    seqs = _seqs(m)
+    outputs = trace_sequences(m, seqs, direction, [5])
+    d_head, r_hat = m.d_head, direction.unit
+    for s, o in zip(seqs, outputs):
+        caught = {}
+        handles = [_o_proj(m, l).register_forward_pre_hook(lambda mod, args, l=l: caught.__setitem__(l, args[0].detach()))
+                   for l in range(layer)]
+        try:
+            m.forward(m.batch([list(s.ids)]))
+        finally:
+            for h in handles:
+                h.remove()
+        for l in range(layer):
+            z = caught[l][0, s.decision].double()  # [H * d_head]
+            w = _o_proj(m, l).weight.detach().double()  # [D, H * d_head]
+            by_hand = [float((w[:, h * d_head:(h + 1) * d_head] @ z[h * d_head:(h + 1) * d_head]) @ r_hat)
+                       for h in range(m.n_heads)]
+            assert np.allclose(o.head_direct[l], by_hand, atol=1e-5)
+        assert np.abs(o.head_direct).max() > 1e-3  # not trivially zero
+
+
+def test_causal_effect_equals_zeroed_o_proj_columns(fresh_llama):
+    """The causal check of a head (zero-ablation through HeadAblation) equals the change of the
+    decision-token projection when that head's columns of o_proj.weight are zeroed by hand."""
+    from posbench.probes.refusal.heads import causal_effects
+
+    m = fresh_llama
+    layer = m.n_layers - 1
+    direction = _direction(m, layer, seed=8)
+    seqs = _seqs(m)
+    heads = [(0, 1), (layer - 1, 0)]
+    effects = causal_effects(m, seqs, direction, heads)
+    base = decision_projections(m, seqs, direction)
+    for l, h in heads:
+        saved = _edit_weights(m)
+        try:
+            with torch.no_grad():
+                _o_proj(m, l).weight[:, h * m.d_head:(h + 1) * m.d_head] = 0.0
+            by_hand = float((decision_projections(m, seqs, direction) - base).mean())
+        finally:
+            _restore(m, saved)
+        assert effects[(l, h)] == pytest.approx(by_hand, abs=1e-5)
+        assert abs(by_hand) > 1e-4  # the head did move the score
+
+
 def test_suppressors_take_the_most_negative_heads():
     import pandas as pd
 
@@ -361,8 +424,12 @@ def test_direction_from_result_store_file_and_cli(tiny_run, tiny_llama, tmp_path
 def test_direction_errors(tiny_run, tiny_gpt2, tmp_path):
     with pytest.raises(BadOptionError, match="run=RUN_ID"):
         parse_intervention("ablate-direction:layer=1")
-    with pytest.raises(BadOptionError, match="malformed"):
+    with pytest.raises(BadOptionError, match="unknown option 'bogus' for intervention 'add-direction'"):
         parse_intervention("add-direction:file=x.json;bogus=1")
+    with pytest.raises(BadOptionError, match="bad option coeff='x'"):
+        parse_intervention("add-direction:file=x.json;coeff=x")
+    with pytest.raises(BadOptionError, match="needs the direction's source, once"):
+        parse_intervention("ablate-direction:run=a;file=b")
     with pytest.raises(StoreError):
         parse_intervention(f"ablate-direction:run=nope;store={tmp_path / 'empty.sqlite'}")
     with pytest.raises(MalformedDataError, match="RefusalDirection.save"):

@@ -12,17 +12,26 @@ layer L, at layer L, instead of the selected layer's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import BadOptionError, HeadIndexError
+from ..options import build, option
 from ..protocols import ActivationEdit
 from ..sites import Edit
-from .directional_ablation import check_width, parse_direction_spec
+from .directional_ablation import DirectionSourceConfig, check_width, parse_direction_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from posbench.probes.refusal.direction import RefusalDirection
+
+
+@dataclass
+class ActivationAdditionConfig(DirectionSourceConfig):
+    """``--intervention add-direction:...``: the direction's source, and the multiple added."""
+
+    coeff: float = option(1.0, min=-1e6, max=1e6, help="the multiple of the direction added (-1 removes refusal)")
 
 
 class ActivationAddition(ActivationEdit):
@@ -30,13 +39,15 @@ class ActivationAddition(ActivationEdit):
     summary = "add coeff x a direction (e.g. the refusal direction) to the residual stream entering one layer"
     spec_help = "run=RUN_ID[;store=PATH][;layer=L][;coeff=C] | file=DIRECTION.json[;coeff=C]  e.g. add-direction:run=1a2b3c;coeff=-1"
 
+    Config = ActivationAdditionConfig
+
     def __init__(self, vector: torch.Tensor, layer: int, coeff: float = 1.0, model_id: str | None = None,
                  source: str = "tensor"):
         self.vector = torch.as_tensor(vector).detach().double().flatten()
         if not torch.isfinite(self.vector).all():
             raise BadOptionError("add-direction: the vector must be finite")
         self.layer = int(layer)
-        self.coeff = float(coeff)
+        self.coeff = build(self.Config, {"coeff": coeff}, f"intervention '{self.name}'").coeff
         self.model_id = model_id
         self.source = source
 
@@ -50,12 +61,8 @@ class ActivationAddition(ActivationEdit):
 
     @classmethod
     def from_spec(cls, arg: str) -> "ActivationAddition":
-        direction, extra = parse_direction_spec(arg, cls.name, extra=("coeff",))
-        try:
-            coeff = float(extra.get("coeff", 1.0))
-        except ValueError:
-            raise BadOptionError(f"add-direction: coeff must be a number, got '{extra['coeff']}'") from None
-        return cls.from_direction(direction, coeff=coeff)
+        direction, config = parse_direction_spec(cls, arg)
+        return cls.from_direction(direction, coeff=config.coeff)
 
     def params(self) -> dict[str, Any]:
         import hashlib

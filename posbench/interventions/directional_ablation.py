@@ -16,52 +16,56 @@ layer L instead of the selected one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import BadOptionError, PosbenchError
+from ..limits import MAX_INDEX
+from ..options import build, option, parse_spec
 from ..protocols import ActivationEdit
 from ..sites import Edit
 
 if TYPE_CHECKING:  # pragma: no cover
     from posbench.probes.refusal.direction import RefusalDirection
 
-SOURCE_KEYS = ("run", "store", "file", "layer")
+@dataclass
+class DirectionSourceConfig:
+    """Where ``--intervention ablate-direction:...`` takes its direction from."""
+
+    run: str | None = option(None, help="a stored 'refusal' run (`posbench runs --probe refusal` lists them)")
+    store: str | None = option(None, help="the results store holding that run (default: the default store)")
+    file: str | None = option(None, help="a direction JSON written by RefusalDirection.save")
+    layer: int | None = option(None, min=0, max=MAX_INDEX,
+                               help="take the difference in means measured at this layer instead of the selected one")
 
 
-def parse_direction_spec(arg: str, name: str, extra: tuple[str, ...] = ()) -> tuple["RefusalDirection", dict[str, str]]:
-    """``run=ID[;store=PATH]`` or ``file=PATH``, plus ``layer=L`` and the ``extra`` keys, into a
-    loaded ``RefusalDirection`` (at that layer when given) and the extra options as text."""
+def load_direction(config: DirectionSourceConfig, name: str) -> "RefusalDirection":
+    """The ``RefusalDirection`` a parsed spec points at (``run=`` [+ ``store=``] or ``file=``),
+    at ``layer`` when given."""
     from posbench.probes.refusal.direction import RefusalDirection
 
-    opts: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in arg.split(";"))):
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or key not in SOURCE_KEYS + extra or not value:
-            allowed = ", ".join(f"{k}=" for k in SOURCE_KEYS + extra)
-            raise BadOptionError(f"malformed {name} option '{part}': use {allowed} (e.g. {name}:run=RUN_ID)")
-        opts[key] = value
-    if ("run" in opts) == ("file" in opts):
-        raise BadOptionError(f"{name} needs the direction's source: run=RUN_ID (a stored 'refusal' run; "
+    if (config.run is None) == (config.file is None):
+        raise BadOptionError(f"{name} needs the direction's source, once: run=RUN_ID (a stored 'refusal' run; "
                              "`posbench runs --probe refusal` lists them) or file=DIRECTION.json")
-    layer = None
-    if "layer" in opts:
-        try:
-            layer = int(opts["layer"])
-        except ValueError:
-            raise BadOptionError(f"{name}: layer must be an integer, got '{opts['layer']}'") from None
-    if "run" in opts:
-        direction = RefusalDirection.from_store(opts["run"], opts.get("store"), layer=layer)
-    else:
-        if "store" in opts:
-            raise BadOptionError(f"{name}: store= goes with run=, not file=")
-        direction = RefusalDirection.load(opts["file"])
-        if layer is not None:
-            direction.at_layer(layer)
-            direction.layer = layer
-    return direction, {k: v for k, v in opts.items() if k in extra}
+    if config.run is not None:
+        return RefusalDirection.from_store(config.run, config.store, layer=config.layer)
+    if config.store is not None:
+        raise BadOptionError(f"{name}: store= goes with run=, not file=")
+    direction = RefusalDirection.load(config.file)
+    if config.layer is not None:
+        direction.at_layer(config.layer)
+        direction.layer = config.layer
+    return direction
+
+
+def parse_direction_spec(cls: type, arg: str) -> tuple["RefusalDirection", Any]:
+    """An intervention spec parsed against ``cls.Config`` (a ``DirectionSourceConfig``) into the
+    loaded direction and the config."""
+    owner = f"intervention '{cls.name}'"
+    config = build(cls.Config, parse_spec(cls.Config, arg, owner, grammar=cls.spec_help), owner)
+    return load_direction(config, cls.name), config
 
 
 def _unit(vector: torch.Tensor) -> torch.Tensor:
@@ -93,6 +97,8 @@ class DirectionalAblation(ActivationEdit):
     summary = "remove a direction (e.g. the refusal direction) from the residual stream at every layer"
     spec_help = "run=RUN_ID[;store=PATH][;layer=L] | file=DIRECTION.json  e.g. ablate-direction:run=1a2b3c"
 
+    Config = DirectionSourceConfig
+
     def __init__(self, direction: "torch.Tensor | RefusalDirection", model_id: str | None = None,
                  source: str = "tensor"):
         if hasattr(direction, "per_layer"):  # a RefusalDirection
@@ -105,8 +111,7 @@ class DirectionalAblation(ActivationEdit):
 
     @classmethod
     def from_spec(cls, arg: str) -> "DirectionalAblation":
-        direction, _ = parse_direction_spec(arg, cls.name)
-        return cls(direction)
+        return cls(parse_direction_spec(cls, arg)[0])
 
     def params(self) -> dict[str, Any]:
         import hashlib

@@ -50,26 +50,26 @@ LABELS = ("harmful", "harmless")
 
 @dataclass
 class RefusalConfig:
-    n_train: int = option(24, min=2, help="harmful and harmless train instructions each (difference in means, probes)")
-    n_val: int = option(8, min=2, help="harmful and harmless val instructions each (choosing layer and position)")
-    n_generate: int = option(4, min=1, help="harmful and harmless test instructions each that the model answers and that are traced")
-    max_new_tokens: int = option(16, min=1, help="greedy tokens per answer (raise for reasoning models)")
+    n_train: int = option(24, min=2, counts="sequences", help="harmful and harmless train instructions each (difference in means, probes)")
+    n_val: int = option(8, min=2, counts="sequences", help="harmful and harmless val instructions each (choosing layer and position)")
+    n_generate: int = option(4, min=1, counts="sequences", help="harmful and harmless test instructions each that the model answers and that are traced")
+    max_new_tokens: int = option(16, min=1, counts="tokens", help="greedy tokens per answer (raise for reasoning models)")
     selection: str = option("separation", choices=("separation", "ablation"),
                             help="how the layer and position are chosen on val (see docs/refusal.md)")
-    shortlist: int = option(3, min=1, help="candidates the ablation rule evaluates (best val separation first)")
+    shortlist: int = option(3, min=1, max=64, help="candidates the ablation rule evaluates (best val separation first)")
     max_layer_fraction: float = option(0.8, min=0.0, max=1.0, help="candidates must sit below this fraction of the layers (Arditi)")
-    kl_threshold: float = option(0.1, min=0.0, help="ablation rule: largest KL on harmless val under directional ablation")
-    probe_c: float = option(1.0, min=1e-6, help="inverse regularisation strength of the logistic-regression probes")
+    kl_threshold: float = option(0.1, min=0.0, max=1e3, help="ablation rule: largest KL on harmless val under directional ablation")
+    probe_c: float = option(1.0, min=1e-6, max=1e6, help="inverse regularisation strength of the logistic-regression probes")
     tail_fraction: float = option(0.2, min=0.01, max=1.0, help="cliff: the share of the span's last tokens averaged")
     head_fraction: float = option(0.03, min=0.0, max=1.0, help="share of all heads ablated in the ablate-heads condition")
     rank_heads_by: str = option("auto", choices=("auto", "direct", "causal"),
                                 help="which attribution ranks the suppressor heads (auto: direct where the residual stream is additive, else causal)")
-    causal_heads: int = option(8, min=0, help="heads (most negative direct contribution first) checked by zero-ablation; 0 = every head")
+    causal_heads: int = option(8, min=0, max=65536, help="heads (most negative direct contribution first) checked by zero-ablation; 0 = every head")
     conditions: tuple[str, ...] = option(("baseline", "ablate-heads"), choices=CONDITIONS, nonempty=True,
                                          help="conditions the test instructions are answered and traced under")
-    add_coeff: float = option(1.0, help="add-direction: the multiple of the direction added at its layer")
-    batch_size: int = option(8, min=1)
-    n_boot: int = option(1000, min=0, help="bootstrap resamples for the cliff interval")
+    add_coeff: float = option(1.0, min=-1e6, max=1e6, help="add-direction: the multiple of the direction added at its layer")
+    batch_size: int = option(8, min=1, counts="batch", help="sequences per forward pass")
+    n_boot: int = option(1000, min=0, max=100_000, help="bootstrap resamples for the cliff interval")
     ci: float = option(0.95, min=0.5, max=0.999)
     seed: int = option(0, min=0)
 
