@@ -447,13 +447,24 @@ def test_direction_errors(tiny_run, tiny_gpt2, tmp_path):
 # ---------------------------------------------------------------------------- embedded models
 @pytest.mark.embedded
 def test_smollm2_refusal_direction(smollm2):
-    """On an instruct model the direction separates val harmful from harmless instructions, and
-    removing it lowers the harmful refusal score (Arditi et al.'s qualitative result)."""
-    result = RefusalProbe(n_train=8, n_val=4, n_generate=1, max_new_tokens=2, causal_heads=1,
+    """On an instruct model (Arditi et al.'s qualitative results, at small sizes): harmful and
+    harmless instructions are not separable from the template tokens' embeddings (layer 0: the
+    same tokens for every prompt) nor in the first layers, and are in the middle-to-late layers;
+    removing the direction lowers the harmful refusal score. Yin et al.'s trace: the score at the
+    last template token is higher for harmful requests and falls where the answer starts (on
+    average: at this size one of the two harmful answers rises; with the default sizes all four
+    fall, docs/refusal.md)."""
+    result = RefusalProbe(n_train=8, n_val=4, n_generate=2, max_new_tokens=2, causal_heads=1,
                           conditions=("baseline",), n_boot=0).run(smollm2)
     s = result.summary
     assert s["prompt_format"] == "chat template" and s["template_tokens"] == "<|im_end|>\n<|im_start|>assistant\n"
     assert s["val_auroc"] >= 0.9 and s["probe_val_accuracy"] >= 0.75
+    cand = result.tables["candidates"]
+    assert (cand[cand.layer == 0].dim_val_auroc == 0.5).all()  # identical tokens: nothing to separate
+    last = cand[cand.position == -1].set_index("layer").dim_val_auroc  # the last template token
+    n = smollm2.n_layers
+    early, mid = last.loc[1:5].mean(), last.loc[n // 2: int(0.8 * n) - 1].mean()
+    assert mid >= 0.85 and mid > early + 0.1, last.round(3).to_dict()
     d = RefusalDirection.from_result(result)
     prompts = [build_prompt(smollm2, t) for t in RefusalDataset.builtin().harmful("val")[:4]]
     ids = __import__("posbench").data.refusal_token_ids(smollm2.tokenizer)
@@ -463,6 +474,10 @@ def test_smollm2_refusal_direction(smollm2):
     with smollm2.intervene(DirectionalAblation(d)):
         ablated = refusal_score(last_token_logits(smollm2, prompts), ids).mean()
     assert ablated < base
+    trace = result.tables["trace"].pivot_table(index=["label", "item"], columns="rel", values="projection")
+    harmful, harmless = trace.loc["harmful"], trace.loc["harmless"]  # item x rel (0: the decision token)
+    assert harmful[0].mean() > harmless[0].mean()
+    assert harmful[1].mean() < harmful[0].mean()  # the score falls at the answer's first token
 
 
 @pytest.mark.embedded
