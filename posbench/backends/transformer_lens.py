@@ -296,10 +296,10 @@ class TransformerLensBackend(Backend):
 
     def _override_hooks(self, override: AttentionOverride, layer: int, ctx) -> list:
         stash: dict[str, torch.Tensor] = {}
-        hooks = self._stash_hooks(layer, ("q", "k"), stash)
+        hooks = self._stash_hooks(layer, ("q", "k", *override.needs), stash)
 
         def replace_scores(scores, hook):
-            c = ctx(layer, {"scores": scores})
+            c = ctx(layer, {**{site: stash[site] for site in override.needs}, "scores": scores})
             new = override.scores(stash["q"], stash["k"], c)
             if new.shape != scores.shape:
                 raise PosbenchError(
