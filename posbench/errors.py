@@ -51,3 +51,7 @@ class StoreError(PosbenchError):
 
 class StoreNotWritableError(StoreError):
     pass
+
+
+class PositionIdError(PosbenchError):
+    pass

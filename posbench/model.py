@@ -79,6 +79,10 @@ class HookedModel:
         """The layer's own RoPE ``inv_freq`` (rad/token per rotary pair), or None without RoPE."""
         return self.backend.rotary_inv_freq(layer)
 
+    def rotary_attention_factor(self, layer: int) -> float:
+        """The factor the layer's rotary cos/sin carry (1 for plain RoPE; YaRN's attention factor)."""
+        return self.backend.rotary_attention_factor(layer)
+
     def attention_scaling(self, layer: int) -> float:
         return self.backend.attention_scaling(layer)
 

@@ -374,6 +374,18 @@ class TransformerLensBackend(Backend):
         freq = buffers.get(f"{layer_type}_inv_freq", buffers.get("inv_freq"))
         return None if freq is None else freq.detach().float().cpu()
 
+    def rotary_attention_factor(self, layer: int) -> float:
+        """HF rotary modules keep it as ``attention_scaling`` (Gemma 3: ``{layer_type}_attention_scaling``)."""
+        if self.card.position_encoding != "rope":
+            return 1.0
+        names = (f"{self.card.layer_types[layer]}_attention_scaling", "attention_scaling")
+        for name, module in self.hf_model.named_modules():
+            if name.endswith(("rotary_emb", "rotary_emb._original_component")):
+                for attr in names:
+                    if getattr(module, attr, None) is not None:
+                        return float(getattr(module, attr))
+        return 1.0
+
     def attention_scaling(self, layer: int) -> float:
         """The factor q.k is multiplied by before the softmax (1/sqrt(d_head) unless the model
         says otherwise, e.g. Gemma 3's query_pre_attn_scalar)."""

@@ -1,0 +1,211 @@
+"""PINE against a literal, slow transcription of the authors' algorithm (wzq016/PINE, rotating
+with HuggingFace's own rotary module), and its defining property: the suffix and continuation
+logits do not depend on the order of the segments."""
+
+import itertools
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import rotate_half
+
+from posbench.data.segments import SegmentedPrompt
+from posbench.errors import BadOptionError, PosbenchError
+from posbench.interventions.pine import Pine, PineNeedsSegmentsError
+from posbench.protocols import AttentionEdit
+from posbench.registry import parse_intervention
+from posbench.sites import AttentionOverride, Capture
+
+PROMPT = SegmentedPrompt(
+    "Read the notes.\n",
+    ("Note: the owl is red. ", "Note: a fox runs fast! ", "Note: rain? ", "Note: seven cats sleep here. "),
+    "\nWhich animal is red?",
+)
+SHORT = SegmentedPrompt("Pick:", (" yes.", " no, never.", " maybe"), " Answer:")
+
+
+# ----------------------------------------------------------------------------- the reference
+def _hf_rotary(model):
+    hf = model.hf_model
+    return (hf.model if hasattr(hf, "model") else hf.gpt_neox).rotary_emb
+
+
+def _hf_rotate(x, cos, sin):
+    r = cos.shape[-1]
+    return torch.cat([x[..., :r] * cos + rotate_half(x[..., :r]) * sin, x[..., r:]], dim=-1)
+
+
+class ReferencePineScores(AttentionOverride):
+    """The authors' algorithm for one row at a time, one query token at a time: end-aligned
+    documents; a document query ranks the other documents by the summed, length-normalised
+    attention of its tokens (own document masked, then set to the maximum), a suffix query by its
+    own; stable descending sort; shift = exclusive cumsum of the lengths in rank order; key
+    positions all_position_ids - shift; mask key_pos > query_pos (document queries see no suffix)."""
+
+    def __init__(self, model):
+        self.rotary = _hf_rotary(model)
+
+    def scores(self, q, k, ctx):
+        B, T, H, d = q.shape
+        scale = ctx.facts.scaling[ctx.layer]
+        out = torch.full((B, H, T, T), torch.finfo(torch.float32).min)
+        for b in range(B):
+            cols = ctx.batch.real_columns(b)
+            span = ctx.batch.segments[b]
+            qb = q[b, cols].transpose(0, 1).float()  # [H, L, d]
+            kb = k[b, cols].transpose(0, 1).float().repeat_interleave(H // k.shape[2], dim=0)
+            L = qb.shape[1]
+            P, E = span.prefix[1], span.suffix[0]
+            lens = torch.tensor([e - s for s, e in span.segments])
+            doc_of = torch.full((L,), -1)
+            all_pos = torch.arange(L)
+            for i, (s, e) in enumerate(span.segments):
+                doc_of[s:e] = i
+                all_pos[s:e] = torch.arange(E - (e - s), E)
+            n = len(lens)
+
+            def per_doc(weights):  # [H, m, E - P] -> [H, m, n]
+                return torch.stack([weights[..., doc_of[P:E] == j].sum(-1) for j in range(n)], -1) / lens
+
+            def shifts(importance):  # [H, n] -> [H, n]
+                order = torch.argsort(importance, dim=-1, descending=True, stable=True)
+                shift = lens[order].cumsum(-1) - lens[order]
+                return shift.gather(-1, torch.argsort(order, dim=-1))
+
+            raw = qb[:, P:E] @ kb[:, P:E].transpose(-1, -2) * scale
+            own = doc_of[P:E, None] == doc_of[None, P:E]
+            doc2doc = per_doc(torch.softmax(raw.masked_fill(own, torch.finfo(torch.float32).min), -1))  # [H, E-P, n]
+            for i in range(L):
+                if i < P:
+                    key_pos, visible = all_pos[None].expand(H, L), torch.arange(L) <= i
+                else:
+                    if doc_of[i] >= 0:
+                        imp = torch.stack([doc2doc[:, doc_of[P:E] == j].sum(1) for j in range(n)], 1)[:, doc_of[i]]
+                        imp[:, doc_of[i]] = torch.finfo(torch.float32).max
+                    else:
+                        scores = qb[:, i : i + 1] @ kb[:, P:E].transpose(-1, -2) * scale
+                        imp = per_doc(torch.softmax(scores, -1))[:, 0]
+                    shift = torch.zeros(H, L, dtype=torch.long)
+                    shift[:, P:E] = shifts(imp)[:, doc_of[P:E]]
+                    key_pos = all_pos[None] - shift
+                    visible = key_pos <= all_pos[i]
+                    if doc_of[i] >= 0:
+                        visible &= torch.arange(L) < E
+                cos_q, sin_q = self.rotary(qb, all_pos[i].view(1, 1))
+                cos_k, sin_k = self.rotary(kb, key_pos)  # [H, L, r]
+                qi = _hf_rotate(qb[:, i], cos_q[0, 0], sin_q[0, 0])
+                ki = _hf_rotate(kb, cos_k, sin_k)
+                row = (ki @ qi[:, :, None]).squeeze(-1) * scale
+                out[b, :, cols.start + i, cols] = row.masked_fill(~visible, torch.finfo(torch.float32).min)
+        return out
+
+
+class ReferencePine(AttentionEdit):
+    name = None  # not registered: a test double
+
+    def params(self):
+        return {}
+
+    def attention_overrides(self, model):
+        return [ReferencePineScores(model)]
+
+
+def _hidden(model, batch, interventions):
+    """Final normalised hidden states of every real token, per row (the unembedding's input)."""
+    with model.intervene(*interventions):
+        out = model.run(batch, [Capture("h", "final_norm", lambda x, ctx: x)])
+    return [out.captured["h"][b, batch.real_columns(b)] for b in range(batch.size)]
+
+
+def _suffix_logits(model, batch, interventions=(Pine(),)):
+    """Logits of the suffix and continuation tokens of every row (only those are unembedded:
+    Gemma's 262k-token unembedding of whole batches dominates these tests otherwise)."""
+    hidden = _hidden(model, batch, interventions)
+    return [model.backend.unembed(h[span.suffix[0] :]) for h, span in zip(hidden, batch.segments)]
+
+
+def _reference_case(model):
+    if model.card.n_layers > 2:  # the literal reference loops over tokens: one short row on real models
+        return [SHORT], [[5, 6]]
+    return [PROMPT, SHORT, SegmentedPrompt("One:", (" single segment",), "?")], [[5, 6], [7], []]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_neox", pytest.param("smollm2", marks=pytest.mark.embedded)])
+def test_pine_equals_the_authors_algorithm(request, fixture):
+    model = request.getfixturevalue(fixture)
+    prompts, continuations = _reference_case(model)
+    batch = model.segment_batch(prompts, "left", continuations=continuations)
+    fast, slow, plain = (_hidden(model, batch, ivs) for ivs in ([Pine()], [ReferencePine()], []))
+    for f, s in zip(fast, slow):
+        torch.testing.assert_close(f, s, rtol=0, atol=1e-4)
+    assert (fast[0] - plain[0]).abs().max() > 1e-3  # PINE changed the multi-segment row
+    if len(prompts) > 2:
+        torch.testing.assert_close(fast[2], plain[2], rtol=0, atol=1e-4)  # one segment: PINE is the model
+    torch.testing.assert_close(_suffix_logits(model, batch), _suffix_logits(model, batch, [ReferencePine()]),
+                               rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- invariance
+def _permuted_suffix_logits(model, orders, continuation, padding_side="left"):
+    prompts = [PROMPT.permuted(o) for o in orders]
+    return torch.stack(_suffix_logits(model, model.segment_batch(prompts, padding_side, [continuation] * len(prompts))))
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    ["tiny_llama", "tiny_neox", pytest.param("smollm2", marks=pytest.mark.embedded),
+     pytest.param("gemma", marks=pytest.mark.embedded)],
+)
+def test_suffix_and_continuation_logits_do_not_depend_on_segment_order(request, fixture):
+    model = request.getfixturevalue(fixture)
+    orders = [list(o) for o in itertools.permutations(range(4))]
+    picks = [orders[i] for i in torch.randperm(len(orders), generator=torch.Generator().manual_seed(0))[:4]]
+    continuation = model.tokenizer(" The owl", add_special_tokens=False)["input_ids"]
+    logits = _permuted_suffix_logits(model, picks, continuation)
+    torch.testing.assert_close(logits, logits[:1].expand_as(logits), rtol=0, atol=1e-4)
+    plain = _suffix_logits(model, model.segment_batch([PROMPT.permuted(o) for o in picks[:2]]), [])
+    assert (plain[0] - plain[1]).abs().max() > 1e-3  # the plain model does see the order
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", pytest.param("smollm2", marks=pytest.mark.embedded)])
+def test_left_right_padding_and_one_at_a_time_agree(request, fixture):
+    model = request.getfixturevalue(fixture)
+    prompts = [PROMPT, SHORT, SHORT.permuted([2, 0, 1])]
+    conts = [[3, 4, 5], [6], [6, 7]]
+    per_side = {side: _suffix_logits(model, model.segment_batch(prompts, side, conts)) for side in ("left", "right")}
+    for i, prompt in enumerate(prompts):
+        alone = _suffix_logits(model, model.segment_batch([prompt], continuations=[conts[i]]))[0]
+        torch.testing.assert_close(per_side["left"][i], alone, rtol=0, atol=1e-4)
+        torch.testing.assert_close(per_side["right"][i], alone, rtol=0, atol=1e-4)
+
+
+@pytest.mark.embedded
+def test_gemma_sliding_window_in_pine_positions(gemma):
+    """With a window shorter than the prompt, PINE applies it in its own positions: one segment
+    is still exactly the model (window and all), and the segment order still does not matter."""
+    config = gemma.hf_model.config
+    saved = (config.sliding_window, list(gemma.card.sliding_windows))
+    try:
+        config.sliding_window = 6
+        gemma.card.sliding_windows = [6 if w else None for w in saved[1]]
+        one = gemma.segment_batch([SegmentedPrompt("Notes: ", ("the owl is red, the fox is fast.",), " Red?")])
+        narrow, pine = _hidden(gemma, one, []), _hidden(gemma, one, [Pine()])
+        torch.testing.assert_close(pine[0], narrow[0], rtol=0, atol=1e-4)
+        logits = _permuted_suffix_logits(gemma, ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]), [])
+        torch.testing.assert_close(logits, logits[:1].expand_as(logits), rtol=0, atol=1e-4)
+    finally:
+        config.sliding_window, gemma.card.sliding_windows = saved[0], saved[1]
+    wide = _hidden(gemma, one, [])[0]
+    assert (wide - narrow[0]).abs().max() > 1e-3  # the narrow window did bind while it was set
+
+
+# ----------------------------------------------------------------------------- errors and specs
+def test_pine_errors_and_spec(tiny_llama, tiny_gpt2):
+    assert isinstance(parse_intervention("pine"), Pine)
+    with pytest.raises(BadOptionError, match="pine takes no arguments"):
+        parse_intervention("pine:3")
+    with pytest.raises(PosbenchError, match="pine needs a RoPE model; tiny-gpt2 uses learned_absolute"):
+        with tiny_gpt2.intervene(Pine()):
+            pass
+    with pytest.raises(PineNeedsSegmentsError, match="pine needs segmented prompts"):
+        with tiny_llama.intervene(Pine()):
+            tiny_llama.forward(tiny_llama.batch(tiny_llama.tokenize(["no segments here"])))
