@@ -11,6 +11,8 @@ from transformers.models.llama.modeling_llama import rotate_half
 from posbench.data.segments import SegmentedPrompt
 from posbench.errors import BadOptionError, PosbenchError
 from posbench.interventions.pine import Pine, PineNeedsSegmentsError
+from posbench.interventions.positions import PositionShift, SharedPositions
+from posbench.interventions.rope_scaling import PositionInterpolation
 from posbench.protocols import AttentionEdit
 from posbench.registry import parse_intervention
 from posbench.sites import AttentionOverride, Capture
@@ -196,6 +198,26 @@ def test_gemma_sliding_window_in_pine_positions(gemma):
         config.sliding_window, gemma.card.sliding_windows = saved[0], saved[1]
     wide = _hidden(gemma, one, [])[0]
     assert (wide - narrow[0]).abs().max() > 1e-3  # the narrow window did bind while it was set
+
+
+def test_pine_composes_with_position_and_frequency_edits(tiny_llama):
+    """A uniform shift changes nothing; a frequency edit stacked before PINE reaches PINE's
+    rotations (PINE reads the layer's edited cos/sin): with one segment PINE + interpolation is
+    interpolation alone, and with four the order still does not matter."""
+    batch = tiny_llama.segment_batch([PROMPT, SHORT], "left", continuations=[[5], [6, 7]])
+    torch.testing.assert_close(_suffix_logits(tiny_llama, batch, [PositionShift(1000), Pine()]),
+                               _suffix_logits(tiny_llama, batch), rtol=0, atol=1e-5)
+    one = tiny_llama.segment_batch([SegmentedPrompt("One:", (" single segment",), "?")])
+    interpolated = _hidden(tiny_llama, one, [PositionInterpolation(3.0)])[0]
+    torch.testing.assert_close(_hidden(tiny_llama, one, [PositionInterpolation(3.0), Pine()])[0], interpolated,
+                               rtol=0, atol=1e-5)
+    assert (interpolated - _hidden(tiny_llama, one, [])[0]).abs().max() > 1e-4
+    orders = ([0, 1, 2, 3], [2, 0, 3, 1], [3, 2, 1, 0])
+    permuted = tiny_llama.segment_batch([PROMPT.permuted(o) for o in orders])
+    logits = torch.stack(_suffix_logits(tiny_llama, permuted, [PositionInterpolation(3.0), Pine()]))
+    torch.testing.assert_close(logits, logits[:1].expand_as(logits), rtol=0, atol=1e-5)
+    with pytest.raises(PosbenchError, match="pine assigns positions itself"):
+        _hidden(tiny_llama, batch, [SharedPositions(), Pine()])
 
 
 # ----------------------------------------------------------------------------- errors and specs
