@@ -220,6 +220,16 @@ def test_pine_composes_with_position_and_frequency_edits(tiny_llama):
         _hidden(tiny_llama, batch, [SharedPositions(), Pine()])
 
 
+def test_greedy_generation_under_pine_ignores_segment_order(tiny_llama):
+    prompts = [tiny_llama.tokenize_segments(PROMPT.permuted(o)) for o in ([0, 1, 2, 3], [3, 0, 2, 1])]
+    with tiny_llama.intervene(Pine()):
+        tokens = tiny_llama.generate([ids for ids, _ in prompts], max_new_tokens=4, stop_ids=[],
+                                     segments=[span for _, span in prompts])
+    assert tokens[0] == tokens[1] and len(tokens[0]) == 4
+    batch = tiny_llama.segment_batch([PROMPT], continuations=[tokens[0][:-1]])  # the same steps, scored at once
+    assert _suffix_logits(tiny_llama, batch)[0][-4:].argmax(-1).tolist() == tokens[0]
+
+
 # ----------------------------------------------------------------------------- errors and specs
 def test_pine_errors_and_spec(tiny_llama, tiny_gpt2):
     assert isinstance(parse_intervention("pine"), Pine)

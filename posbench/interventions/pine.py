@@ -24,7 +24,8 @@ base, YaRN) are respected. See docs/pine.md for the choices (ties, k = 2, slidin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -84,7 +85,8 @@ class Pine(AttentionEdit):
 # ---------------------------------------------------------------------------- layout
 @dataclass
 class SegmentLayout:
-    """Where each row's parts sit in the padded batch, and PINE's positions for them.
+    """Where each row's parts sit in the padded batch, PINE's positions for them, and the masks
+    and indices that depend on the layout only (built once per batch, shared by every layer).
 
     ``home`` [B, T] is a token's position under PINE when nothing is re-ordered: the prefix at
     0..P-1, each segment end-aligned to E = P + sum of lengths (segment s at E - L_s ..), suffix
@@ -102,6 +104,7 @@ class SegmentLayout:
     seg_len: torch.Tensor  # [B, N] (0 for rows with fewer segments)
     seg_start: torch.Tensor  # [B, N] home position of each segment's first token
     tiebreak: torch.Tensor  # [B, N] a strict order by content (token ids), then slot
+    _seen: dict = field(default_factory=dict)
 
     @property
     def n_segments(self) -> int:
@@ -146,6 +149,68 @@ class SegmentLayout:
                    batch.lengths.to(device), seg_cols.to(device), seg_valid.to(device), seg_len.to(device),
                    seg_start.to(device), tiebreak.to(device))
 
+    @cached_property
+    def own(self) -> torch.Tensor:
+        """[B, T, N]: token t belongs to segment n."""
+        return self.seg_of[:, :, None] == torch.arange(self.n_segments, device=self.seg_of.device)
+
+    @cached_property
+    def importance_keys(self) -> torch.Tensor:
+        """[B, 1, T, N, Lmax]: the segment tokens whose attention ranks the segments for a query
+        (a segment query: the other segments only)."""
+        return (self.seg_valid[:, None] & ~(self.own & (self.kind == SEGMENT)[..., None])[..., None])[:, None]
+
+    @cached_property
+    def segment_keys_seen(self) -> torch.Tensor:
+        """[B, 1, N, T, Lmax]: a segment query sees every other segment and its own causally, a
+        suffix query every segment (before any sliding window)."""
+        queries = (self.kind == SEGMENT) | (self.kind == SUFFIX)
+        within = (self.home - self.seg_start.gather(1, self.seg_of.clamp(min=0)))  # index inside its segment
+        causal = torch.arange(self.seg_cols.shape[2], device=self.home.device) <= within[:, None, :, None]
+        seen = queries[:, None, :, None] & (~self.own.transpose(1, 2)[..., None] | causal)
+        return (self.seg_valid[:, :, None, :] & seen)[:, None]
+
+    @cached_property
+    def rest_cols(self) -> torch.Tensor:
+        """[B, R]: the columns outside segments (prefix, suffix, continuation, padding), T past the end."""
+        outside = self.seg_of < 0
+        R = int(outside.sum(1).max())
+        order = torch.argsort((~outside).to(torch.int8), dim=1, stable=True)[:, :R]
+        return torch.where(outside.gather(1, order), order, self.seg_of.shape[1])
+
+    def rest_seen(self, window: int | None) -> torch.Tensor:
+        """[B, 1, T, R]: prefix and suffix keys are seen causally, at their own positions."""
+        if window not in self._seen:
+            B, T = self.home.shape
+            cols = self.rest_cols.clamp(max=T - 1)
+            real = self.kind != PAD
+            key_real = real.gather(1, cols) & (self.rest_cols < T)
+            hq, hk = self.home[:, :, None], self.home.gather(1, cols)[:, None, :]
+            mask = real[:, :, None] & key_real[:, None, :] & (hk <= hq)
+            if window is not None:
+                mask &= hq - hk < window
+            self._seen[window] = mask[:, None]
+        return self._seen[window]
+
+    def scatter_index(self, cols: torch.Tensor) -> torch.Tensor:
+        """[B, 1, T * K] for key columns ``cols`` [B, K] (T: none): where query i's score for each
+        of them goes in a flattened [T, T] score matrix with one spare slot (T * T) at the end."""
+        T = self.home.shape[1]
+        i = torch.arange(T, device=cols.device)[None, :, None]
+        index = torch.where(cols[:, None, :] < T, i * T + cols[:, None, :], T * T)
+        return index.reshape(cols.shape[0], 1, -1)
+
+    @cached_property
+    def rest_index(self) -> torch.Tensor:
+        return self.scatter_index(self.rest_cols)
+
+    @cached_property
+    def segment_index(self) -> torch.Tensor:
+        """[B, 1, N * T * Lmax]: as ``scatter_index`` for the segment slots, segment-major."""
+        B, N, L = self.seg_cols.shape
+        T = self.home.shape[1]
+        return self.scatter_index(self.seg_cols.view(B, N * L)).view(B, T, N, L).permute(0, 2, 1, 3).reshape(B, 1, -1)
+
 
 def _check_row(batch, b: int, span, length: int) -> None:
     if span.length > length:
@@ -161,28 +226,39 @@ def _check_row(batch, b: int, span, length: int) -> None:
         )
 
 
-# ---------------------------------------------------------------------------- scores
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """HF rotate-half RoPE on the first r = cos.shape[-1] dims of x (the rest pass through)."""
-    r = cos.shape[-1]
-    rot, rest = x[..., :r], x[..., r:]
-    half = r // 2
-    turned = rot * cos + torch.cat([-rot[..., half:], rot[..., :half]], dim=-1) * sin
-    if not rest.shape[-1]:
-        return turned
-    return torch.cat([turned, rest.expand(*turned.shape[:-1], rest.shape[-1])], dim=-1)
+# ---------------------------------------------------------------------------- rotations
+def _angles(cos: torch.Tensor, sin: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B, T, r]: per position, the cos then the sin of each rotary pair's angle (HF's tables
+    hold each pair twice, [f_0 .. f_{r/2-1}, f_0 .. f_{r/2-1}]; the first half is enough)."""
+    half = cos.shape[-1] // 2
+    return torch.cat([cos[..., :half], sin[..., :half]], dim=-1).float().expand(batch, -1, -1)
 
 
 def _table_at(table: torch.Tensor, layout: SegmentLayout, positions: torch.Tensor) -> torch.Tensor:
-    """Rows of a rotary table [B|1, T, r] at PINE positions [B, ...] -> [B, ..., r]."""
+    """Rows of a per-position table [B, T, w] at PINE positions [B, ...] -> [B, ..., w]
+    (positions are clamped into the row: those outside are never seen)."""
     B = positions.shape[0]
-    table = table.float().expand(B, -1, -1)
     last = (layout.lengths - 1).clamp(min=0).view(B, *[1] * (positions.dim() - 1))
     cols = layout.offsets.view_as(last) + torch.minimum(positions.clamp(min=0), last)
     flat = cols.reshape(B, -1, 1).expand(-1, -1, table.shape[-1])
     return table.gather(1, flat).view(*positions.shape, table.shape[-1])
 
 
+def _rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """RoPE in HF's rotate-half layout (pair k = dims k, k + r/2; dims past r pass through) of
+    x [..., d] by ``angles`` [..., r] (cos | sin per pair), broadcasting the leading dims."""
+    r = angles.shape[-1]
+    half = r // 2
+    cos, sin = angles[..., :half], angles[..., half:]
+    x1, x2 = x[..., :half], x[..., half:r]
+    out = x.new_empty(torch.broadcast_shapes(x.shape[:-1], angles.shape[:-1]) + x.shape[-1:])
+    torch.mul(x1, cos, out=out[..., :half]).addcmul_(x2, sin, value=-1)
+    torch.mul(x2, cos, out=out[..., half:r]).addcmul_(x1, sin)
+    out[..., r:] = x[..., r:]
+    return out
+
+
+# ---------------------------------------------------------------------------- scores
 class PineScores(AttentionOverride):
     """The PINE score matrix of one layer (see the module docstring and docs/pine.md)."""
 
@@ -191,96 +267,86 @@ class PineScores(AttentionOverride):
     def __init__(self, windows: tuple[int | None, ...], softcap: float | None):
         self.windows = windows
         self.softcap = softcap
-        self._cache: dict[Any, Any] = {}
+        self._batch, self._layout = None, None
 
-    def _layout(self, batch) -> SegmentLayout:
-        if self._cache.get("batch") is not batch:
-            self._cache = {"batch": batch, "layout": SegmentLayout.of(batch)}
-        return self._cache["layout"]
-
-    def _base_mask(self, layout: SegmentLayout, window: int | None) -> torch.Tensor:
-        """[B, 1, T, T]: keys seen at their home positions: prefix, suffix and the query's own
-        segment, causally in PINE's positions (inside the sliding window, if any)."""
-        key = ("mask", window)
-        if key not in self._cache:
-            real = layout.kind != PAD
-            hq, hk = layout.home[:, :, None], layout.home[:, None, :]
-            sq, sk = layout.seg_of[:, :, None], layout.seg_of[:, None, :]
-            mask = real[:, :, None] & real[:, None, :] & (hk <= hq) & ((sk < 0) | (sk == sq))
-            if window is not None:
-                mask &= hq - hk < window
-            self._cache[key] = mask[:, None]
-        return self._cache[key]
+    def layout(self, batch) -> SegmentLayout:
+        if self._batch is not batch:
+            self._batch, self._layout = batch, SegmentLayout.of(batch)
+        return self._layout
 
     def _cap(self, scores: torch.Tensor) -> torch.Tensor:
         return scores if self.softcap is None else torch.tanh(scores / self.softcap) * self.softcap
 
     def scores(self, q: torch.Tensor, k: torch.Tensor, ctx: Context) -> torch.Tensor:
-        layout = self._layout(ctx.batch)
-        facts, layer = ctx.facts, ctx.layer
-        scale, window = facts.scaling[layer], self.windows[layer]
-        B, T, H, _ = q.shape
-        G = H // k.shape[2]  # query heads per key/value head
-        cos, sin = ctx.tensors["rope_cos"], ctx.tensors["rope_sin"]
-        q = q.float().transpose(1, 2)  # [B, H, T, d]
-        k = k.float().transpose(1, 2)  # [B, Hkv, T, d]
+        layout = self.layout(ctx.batch)
+        window = self.windows[ctx.layer]
+        B, T, H, d = q.shape
+        Hkv = k.shape[2]
+        G = H // Hkv  # query heads per key/value head (GQA): head h reads key head h // G
+        if ctx.tensors["rope_cos"].shape[-1] != 2 * ctx.facts.n_pairs:
+            raise PosbenchError(
+                f"pine expects rotary tables of {2 * ctx.facts.n_pairs} dims (each pair's angle twice, HF's "
+                f"rotate-half layout) but layer {ctx.layer} has {ctx.tensors['rope_cos'].shape[-1]}"
+            )
+        angles = _angles(ctx.tensors["rope_cos"], ctx.tensors["rope_sin"], B)
+        q = (q.float() * ctx.facts.scaling[ctx.layer]).transpose(1, 2).contiguous()  # [B, H, T, d], scaled once
+        k = k.float().transpose(1, 2).contiguous()  # [B, Hkv, T, d]
         low = torch.finfo(torch.float32).min
+        # every key column is either outside the segments or in one: each score is written once
+        out = q.new_empty(B, H, T * T + 1)
 
-        # keys at their home positions (prefix, suffix, own segment)
-        cos_h, sin_h = _table_at(cos, layout, layout.home)[:, None], _table_at(sin, layout, layout.home)[:, None]
-        q_home = _rotate(q, cos_h, sin_h)
-        k_home = _rotate(k, cos_h, sin_h).repeat_interleave(G, dim=1)
-        base = self._cap(q_home @ k_home.transpose(-1, -2) * scale)
-        seen = self._base_mask(layout, window)
-        if layout.n_segments == 0:
-            return base.masked_fill(~seen, low)
+        # prefix, suffix and continuation keys, at their own positions
+        at_home = _table_at(angles, layout, layout.home)[:, None]
+        q_home, k_home = _rotate(q, at_home), _rotate(k, at_home)
+        rest_cols = layout.rest_cols.clamp(max=T - 1)[:, None, :, None].expand(-1, Hkv, -1, d)
+        rest = q_home.view(B, Hkv, G * T, d) @ k_home.gather(2, rest_cols).transpose(-1, -2)
+        rest = self._cap(rest.view(B, H, T, -1)).masked_fill_(~layout.rest_seen(window), low)
+        out.scatter_(-1, layout.rest_index.expand(-1, H, -1), rest.view(B, H, -1))
+        N, L = layout.seg_cols.shape[1:]
+        if N:
+            self._segment_scores(out, q, k, angles, layout, window)
+        return out[..., : T * T].view(B, H, T, T)
 
-        # keys of the other segments: importance from un-rotated q/k, then the assigned positions
-        N, Lmax = layout.seg_cols.shape[1:]
-        cols = layout.seg_cols.clamp(max=T - 1).view(B, 1, N * Lmax, 1)
-        k_seg = k.gather(2, cols.expand(-1, k.shape[1], -1, k.shape[-1])).view(B, -1, N, Lmax, k.shape[-1])
-        q_g = q.view(B, -1, G, T, q.shape[-1])  # [B, Hkv, G, T, d]
-        raw = self._cap(torch.einsum("bkgtd,bknld->bkgtnl", q_g, k_seg) * scale).reshape(B, H, T, N, Lmax)
-        own = layout.seg_of[:, :, None] == torch.arange(N, device=q.device)  # [B, T, N]
-        shift = self._shifts(raw, own, layout)  # [B, H, T, N]
-
-        # query copy per key segment, rotated by its distance to that segment's assigned start
-        start = layout.seg_start[:, None, None, :] - shift
-        dist = (layout.home[:, None, :, None] - start).permute(0, 1, 3, 2)  # [B, H, N, T]
-        q_seg = _rotate(q[:, :, None], _table_at(cos, layout, dist), _table_at(sin, layout, dist))
-        t = torch.arange(Lmax, device=q.device).expand(B, N, Lmax)
-        k_rot = _rotate(k_seg, _table_at(cos, layout, t)[:, None], _table_at(sin, layout, t)[:, None])
-        seg = q_seg.view(B, -1, G, N, T, q.shape[-1]) @ k_rot[:, :, None].transpose(-1, -2)  # [B, Hkv, G, N, T, Lmax]
-        seg = self._cap(seg.view(B, H, N, T, Lmax) * scale)
-
-        queries = (layout.kind == SEGMENT) | (layout.kind == SUFFIX)
-        visible = layout.seg_valid[:, None, :, None, :] & (queries[:, :, None] & ~own).transpose(1, 2)[:, None, :, :, None]
+    def _segment_scores(self, out, q, k, angles, layout: SegmentLayout, window: int | None) -> None:
+        """Write the scores of every segment key into ``out``: importance from un-rotated q/k,
+        each query's assigned start of every segment, one copy of each query per segment rotated
+        by its distance to that start, the segment's keys rotated by their index in it."""
+        B, H, T, d = q.shape
+        Hkv, G = k.shape[1], H // k.shape[1]
+        N, L = layout.seg_cols.shape[1:]
+        cols = layout.seg_cols.clamp(max=T - 1).view(B, 1, N * L, 1).expand(-1, Hkv, -1, d)
+        k_seg = k.gather(2, cols)  # [B, Hkv, N * L, d]
+        raw = self._cap((q.view(B, Hkv, G * T, d) @ k_seg.transpose(-1, -2)).view(B, H, T, N, L))
+        start = layout.seg_start[:, None, None, :] - self._shifts(raw, layout)  # [B, H, T, N]
+        dist = (layout.home[:, None, :, None] - start).transpose(2, 3)  # [B, H, N, T]
+        q_seg = _rotate(q[:, :, None], _table_at(angles, layout, dist))  # [B, H, N, T, d]
+        t = torch.arange(L, device=q.device).expand(B, N, L)
+        k_rot = _rotate(k_seg.view(B, Hkv, N, L, d), _table_at(angles, layout, t)[:, None])
+        seg = (q_seg.view(B, Hkv, G, N, T, d) @ k_rot[:, :, None].transpose(-1, -2)).view(B, H, N, T, L)
+        visible = layout.segment_keys_seen
         if window is not None:
-            visible = visible & (dist[..., None] - torch.arange(Lmax, device=q.device) < window)
-        seg = seg.masked_fill(~visible, low).permute(0, 1, 3, 2, 4).reshape(B, H, T, N * Lmax)
-        out = torch.full((B, H, T, T + 1), low, device=q.device)
-        out.scatter_(-1, layout.seg_cols.view(B, 1, 1, N * Lmax).expand(B, H, T, -1), seg)
-        return torch.where(seen, base, out[..., :T])
+            visible = visible & (dist[..., None] - torch.arange(L, device=q.device) < window)
+        seg = self._cap(seg).masked_fill_(~visible, torch.finfo(torch.float32).min)
+        out.scatter_(-1, layout.segment_index.expand(-1, H, -1), seg.view(B, H, -1))
 
-    def _shifts(self, raw: torch.Tensor, own: torch.Tensor, layout: SegmentLayout) -> torch.Tensor:
+    def _shifts(self, raw: torch.Tensor, layout: SegmentLayout) -> torch.Tensor:
         """How far back each segment s is moved for query t and head h ([B, H, T, N]): the total
-        length of the segments ranked before it. A segment query ranks the other segments by
-        the attention its whole segment pays them (its own first); a suffix query by its own
-        attention. The rank is by importance, ties broken by content."""
+        length of the segments ranked before it. A suffix query ranks the segments by its own
+        attention over their tokens, length-normalised (the mean weight per token); a segment
+        query by the sum of that over its segment's tokens, its own segment first. Ties in
+        importance are broken by content."""
         B, H, T, N, _ = raw.shape
+        # softmax over the segment tokens, in place: raw is not needed afterwards
+        raw.masked_fill_(~layout.importance_keys, torch.finfo(raw.dtype).min)
+        raw.sub_(raw.amax(dim=(-2, -1), keepdim=True)).exp_()
+        mass = raw.sum(-1)  # [B, H, T, N]
+        per_seg = mass / mass.sum(-1, keepdim=True) / layout.seg_len.clamp(min=1)[:, None, None, :]
         is_seg = layout.kind == SEGMENT
-        # attention of each query over the segment tokens it may re-order (a segment query: the
-        # other segments only), averaged per segment
-        keys = layout.seg_valid[:, None] & ~(own & is_seg[..., None])[..., None]  # [B, T, N, Lmax]
-        keys = keys[:, None]
-        weights = torch.softmax(raw.masked_fill(~keys, torch.finfo(raw.dtype).min).flatten(-2), dim=-1)
-        per_seg = (weights.view_as(raw) * keys).sum(-1) / layout.seg_len.clamp(min=1)[:, None, None, :].float()
-        # a segment query uses the sum over its segment's tokens (Imp(D_i, D_j) of the paper)
-        member = (own & is_seg[..., None]).float()  # [B, T, N]
+        member = (layout.own & is_seg[..., None]).float()  # [B, T, N]
         seg_to_seg = torch.einsum("bhtn,btm->bhmn", per_seg, member)  # [B, H, N (query), N (key)]
         index = layout.seg_of.clamp(min=0)[:, None, :, None].expand(B, H, T, N)
         importance = torch.where(is_seg[:, None, :, None], seg_to_seg.gather(2, index), per_seg)
-        importance = importance.masked_fill(own[:, None], float("inf"))
+        importance = importance.masked_fill(layout.own[:, None], float("inf"))
         importance = importance.masked_fill(layout.seg_len[:, None, None, :] == 0, float("-inf"))
         a, b = importance[..., :, None], importance[..., None, :]  # a: the segment that may come first
         tie = layout.tiebreak[:, None, None, :, None] < layout.tiebreak[:, None, None, None, :]
