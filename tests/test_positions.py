@@ -188,20 +188,22 @@ def test_position_edit_errors_and_specs(tiny_gpt2, tiny_llama):
     assert parse_intervention("position-shift:1000").offset == 1000
     assert parse_intervention("position-shift:offset=3").offset == 3
     assert parse_intervention("shared-positions:segments=2,0").segments == (0, 2)
-    assert parse_intervention("position-ids:0-2,9,9,5-4").ids == [0, 1, 2, 9, 9, 5, 4]
+    assert parse_intervention("position-ids:0-2,9,9,5,4").ids == [0, 1, 2, 9, 9, 5, 4]
     assert parse_intervention("position-ids:0-2,9").params() == {"ids": "0-2,9"}
     iv = parse_intervention("rope-base:scale=4;layers=1")
     assert (iv.scale, iv.layers) == (4.0, (1,))
     iv = parse_intervention("yarn:8;original=2048;beta_fast=16")
     assert (iv.factor, iv.original, iv.beta_fast) == (8.0, 2048, 16.0)
     for spec, message in [
-        ("position-shift:1.5", "bad option offset='1.5' for position-shift: expected integer"),
+        ("position-shift:1.5", "bad option offset='1.5' for intervention 'position-shift': expected integer"),
         ("position-shift", "position-shift needs an OFFSET"),
         ("position-interpolation:0", "bad option factor='0'"),
-        ("position-interpolation:2;speed=3", "unknown option 'speed' for position-interpolation"),
+        ("position-interpolation:2;speed=3", "unknown option 'speed' for intervention 'position-interpolation'"),
         ("rope-base:1000;scale=2", "either a BASE"),
         ("yarn:4;beta_fast=1", "beta_fast \\(1\\) must exceed beta_slow"),
-        ("position-ids:0,x", "malformed position id 'x'"),
+        ("position-ids:0,x", "bad option ids='0,x' for intervention 'position-ids': expected comma-separated ID"),
+        ("position-ids:5-4", "range 5-4 runs backwards"),
+        ("position-ids:0-99999999999", "above 1e\\+09"),
         ("shared-positions:segments=1", "at least two segments"),
     ]:
         with pytest.raises(BadOptionError, match=message):

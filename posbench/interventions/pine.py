@@ -41,19 +41,23 @@ class PineNeedsSegmentsError(PosbenchError):
     pass
 
 
+@dataclass
+class PineConfig:
+    """PINE has no options: the segments come with the batch (``HookedModel.segment_batch``)."""
+
+
 class Pine(AttentionEdit):
     name = "pine"
     summary = "PINE (Wang et al. 2025): bidirectional attention between segments, positions re-assigned by importance"
     spec_help = "no arguments; needs segmented prompts (e.g. the position-bias probe)"
+    Config = PineConfig
 
     def params(self) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def from_spec(cls, arg: str) -> "Pine":
-        if arg:
-            raise BadOptionError(f"pine takes no arguments, got '{arg}': write --intervention pine")
-        return cls()
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        raise BadOptionError(f"pine takes no arguments, got '{part}': write --intervention pine")
 
     def validate(self, model) -> None:
         if model.card.position_encoding != "rope":

@@ -21,9 +21,11 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import BadOptionError, PositionIdError
-from ..options import option
+from ..limits import MAX_INDEX
+from ..options import build, option
 from ..protocols import InputEdit
-from ._spec import checked, parse_spec
+
+MAX_POSITION = 10**9  # largest id or offset an edit may ask for (RoPE takes any; a learned table is checked at run time)
 
 
 def check_position_ids(model, batch, position_ids: torch.Tensor, owner: str) -> None:
@@ -41,6 +43,9 @@ def check_position_ids(model, batch, position_ids: torch.Tensor, owner: str) -> 
 
 
 class _PositionIdEdit(InputEdit):
+    def _config(self, **values: Any) -> Any:
+        return build(self.Config, values, owner=f"intervention '{self.name}'")
+
     def new_position_ids(self, batch, model) -> torch.Tensor:
         """[B, T] ids for the real tokens (pads are zeroed by ``Batch.with_position_ids``)."""
         raise NotImplementedError
@@ -53,24 +58,25 @@ class _PositionIdEdit(InputEdit):
 
 # ---------------------------------------------------------------------------- shift
 @dataclass
-class ShiftOptions:
-    offset: int = option(0, help="added to every position id (an integer)")
+class PositionShiftConfig:
+    offset: int | None = option(None, min=-MAX_POSITION, max=MAX_POSITION,
+                                help="added to every position id (an integer; ids must stay non-negative)")
 
 
 class PositionShift(_PositionIdEdit):
     name = "position-shift"
     summary = "add OFFSET to every position id (RoPE sees only differences; a learned table reads other rows)"
     spec_help = "OFFSET  e.g. position-shift:1000"
+    Config = PositionShiftConfig
 
-    def __init__(self, offset: int):
-        self.offset = checked(ShiftOptions, self.name, offset=offset).offset
+    def __init__(self, offset: int | None = None):
+        self.offset = self._config(offset=offset).offset
+        if self.offset is None:
+            raise BadOptionError("position-shift needs an OFFSET: write e.g. --intervention position-shift:1000")
 
     @classmethod
-    def from_spec(cls, arg: str) -> "PositionShift":
-        opts = parse_spec(ShiftOptions, arg, cls.name, positional="offset")
-        if "offset" not in opts:
-            raise BadOptionError("position-shift needs an OFFSET: write e.g. --intervention position-shift:1000")
-        return cls(**opts)
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        return {"offset": part}
 
     def params(self) -> dict[str, Any]:
         return {"offset": self.offset}
@@ -81,8 +87,9 @@ class PositionShift(_PositionIdEdit):
 
 # ---------------------------------------------------------------------------- shared ids
 @dataclass
-class SharedOptions:
-    segments: tuple[int, ...] | None = option(None, min=0, help="segment slots that share ids (default: all)")
+class SharedPositionsConfig:
+    segments: tuple[int, ...] | None = option(None, min=0, max=MAX_INDEX, nonempty=True,
+                                              help="segment slots that share ids (default: all)")
 
 
 class SharedPositions(_PositionIdEdit):
@@ -94,16 +101,17 @@ class SharedPositions(_PositionIdEdit):
     name = "shared-positions"
     summary = "chosen segments start at the same position id (parallel segments, Position Coupling style)"
     spec_help = "[segments=0,2]  e.g. shared-positions (all segments) or shared-positions:segments=1,2"
+    Config = SharedPositionsConfig
 
     def __init__(self, segments: Sequence[int] | None = None):
-        chosen = checked(SharedOptions, self.name, segments=segments).segments
+        chosen = self._config(segments=segments).segments
         self.segments = None if chosen is None else tuple(sorted(set(chosen)))
         if self.segments is not None and len(self.segments) < 2:
             raise BadOptionError("shared-positions needs at least two segments to share ids (or none: all of them)")
 
     @classmethod
-    def from_spec(cls, arg: str) -> "SharedPositions":
-        return cls(**parse_spec(SharedOptions, arg, cls.name, positional="segments"))
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        return {"segments": part}
 
     def params(self) -> dict[str, Any]:
         return {"segments": "all" if self.segments is None else list(self.segments)}
@@ -138,45 +146,30 @@ class SharedPositions(_PositionIdEdit):
 
 
 # ---------------------------------------------------------------------------- explicit ids
-def parse_ids(text: str) -> list[int]:
-    """``"0-3,10,10,7-5"`` -> ``[0, 1, 2, 3, 10, 10, 7, 6, 5]`` (order and repeats kept)."""
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            lo, sep, hi = part.partition("-")
-            if not sep:
-                out.append(int(part))
-                continue
-            a, b = int(lo), int(hi)
-            out.extend(range(a, b + 1) if a <= b else range(a, b - 1, -1))
-        except ValueError:
-            raise BadOptionError(
-                f"malformed position id '{part}': write non-negative integers or ranges, e.g. position-ids:0-9,100-119"
-            ) from None
-    return out
+@dataclass
+class PositionIdsConfig:
+    ids: tuple[int, ...] = option((), min=0, max=MAX_POSITION, nonempty=True, form="ID|LOW-HIGH",
+                                  help="one id per real token, in order (ranges ascend; write 7,6,5 for descending ids)")
 
 
 class PositionIds(_PositionIdEdit):
     name = "position-ids"
     summary = "give real token r of every row the r-th of the given position ids"
     spec_help = "IDS  e.g. position-ids:0-9,100-119 (integers and ranges, in order)"
+    Config = PositionIdsConfig
 
-    def __init__(self, ids: Sequence[int]):
-        values = list(ids)
-        if not values:
-            raise BadOptionError("position-ids needs at least one id, e.g. position-ids:0-9")
-        for value in values:
-            if isinstance(value, bool) or not float(value).is_integer():
+    def __init__(self, ids: Sequence[int] = ()):
+        values = list(ids) if not isinstance(ids, str) else ids
+        for value in values if not isinstance(values, str) else ():
+            if isinstance(value, float) and not value.is_integer():
                 raise PositionIdError(
                     f"position-ids: {value!r} is not an integer; for fractional positions use position-interpolation"
                 )
-        self.ids = [int(v) for v in values]
-        if min(self.ids) < 0:
-            raise PositionIdError(f"position-ids: position id {min(self.ids)} is negative; position ids start at 0")
+        self.ids = list(self._config(ids=values).ids)
 
     @classmethod
-    def from_spec(cls, arg: str) -> "PositionIds":
-        return cls(parse_ids(arg))
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        return {"ids": part}
 
     def params(self) -> dict[str, Any]:
         return {"ids": _compact(self.ids)}

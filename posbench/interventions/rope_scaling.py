@@ -30,16 +30,22 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import BadOptionError, HeadIndexError, PosbenchError
-from ..options import option
+from ..limits import MAX_INDEX
+from ..options import build, option
 from ..protocols import ActivationEdit
 from ..sites import Edit
-from ._spec import checked, parse_spec
+
+MAX_FACTOR = 1e6  # largest interpolation / extension factor or NTK scale
+MAX_BASE = 1e12
 
 
 class _RotaryFrequencies(ActivationEdit):
     """Recompute ``rope_cos``/``rope_sin`` from the batch's position ids with new frequencies."""
 
     layers: tuple[int, ...] | None = None
+
+    def _config(self, **values: Any) -> Any:
+        return build(self.Config, values, owner=f"intervention '{self.name}'")
 
     def inv_freq(self, model, layer: int) -> torch.Tensor:
         """The layer's new per-pair frequencies (rad/token)."""
@@ -94,26 +100,26 @@ def _layers(values: Sequence[int] | None) -> tuple[int, ...] | None:
 
 # ---------------------------------------------------------------------------- interpolation
 @dataclass
-class InterpolationOptions:
-    factor: float = option(1.0, min=1e-6, help="positions are divided by this (PI: the context extension ratio)")
-    layers: tuple[int, ...] | None = option(None, min=0, help="layers to edit (default: all)")
+class PositionInterpolationConfig:
+    factor: float | None = option(None, min=1e-6, max=MAX_FACTOR, help="positions are divided by this (PI: the context extension ratio)")
+    layers: tuple[int, ...] | None = option(None, min=0, max=MAX_INDEX, nonempty=True, help="layers to edit (default: all)")
 
 
 class PositionInterpolation(_RotaryFrequencies):
     name = "position-interpolation"
     summary = "divide every position by FACTOR inside RoPE (Chen et al. 2023); fractional positions"
     spec_help = "FACTOR[;layers=0,3]  e.g. position-interpolation:4"
+    Config = PositionInterpolationConfig
 
-    def __init__(self, factor: float, layers: Sequence[int] | None = None):
-        opts = checked(InterpolationOptions, self.name, factor=factor, layers=layers)
+    def __init__(self, factor: float | None = None, layers: Sequence[int] | None = None):
+        opts = self._config(factor=factor, layers=layers)
+        if opts.factor is None:
+            raise BadOptionError("position-interpolation needs a FACTOR: write e.g. position-interpolation:4")
         self.factor, self.layers = opts.factor, _layers(opts.layers)
 
     @classmethod
-    def from_spec(cls, arg: str) -> "PositionInterpolation":
-        opts = parse_spec(InterpolationOptions, arg, cls.name, positional="factor")
-        if "factor" not in opts:
-            raise BadOptionError("position-interpolation needs a FACTOR: write e.g. position-interpolation:4")
-        return cls(**opts)
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        return {"factor": part}
 
     def params(self) -> dict[str, Any]:
         return {"factor": self.factor, **self._layer_params()}
@@ -124,26 +130,27 @@ class PositionInterpolation(_RotaryFrequencies):
 
 # ---------------------------------------------------------------------------- base
 @dataclass
-class BaseOptions:
-    base: float | None = option(None, min=1.0 + 1e-9, help="the new RoPE base theta of the chosen layers")
-    scale: float | None = option(None, min=1e-6, help="NTK-aware: each layer's base times scale^(r/(r-2))")
-    layers: tuple[int, ...] | None = option(None, min=0, help="layers to edit (default: all)")
+class RopeBaseConfig:
+    base: float | None = option(None, min=1.0 + 1e-9, max=MAX_BASE, help="the new RoPE base theta of the chosen layers")
+    scale: float | None = option(None, min=1e-6, max=MAX_FACTOR, help="NTK-aware: each layer's base times scale^(r/(r-2))")
+    layers: tuple[int, ...] | None = option(None, min=0, max=MAX_INDEX, nonempty=True, help="layers to edit (default: all)")
 
 
 class RopeBase(_RotaryFrequencies):
     name = "rope-base"
     summary = "a new RoPE base (BASE), or NTK-aware scaling of each layer's own base (scale=S)"
     spec_help = "BASE | scale=S [;layers=0,3]  e.g. rope-base:500000 or rope-base:scale=4"
+    Config = RopeBaseConfig
 
     def __init__(self, base: float | None = None, scale: float | None = None, layers: Sequence[int] | None = None):
-        opts = checked(BaseOptions, self.name, base=base, scale=scale, layers=layers)
+        opts = self._config(base=base, scale=scale, layers=layers)
         if (opts.base is None) == (opts.scale is None):
             raise BadOptionError("rope-base takes either a BASE (rope-base:500000) or scale=S (rope-base:scale=4)")
         self.base, self.scale, self.layers = opts.base, opts.scale, _layers(opts.layers)
 
     @classmethod
-    def from_spec(cls, arg: str) -> "RopeBase":
-        return cls(**parse_spec(BaseOptions, arg, cls.name, positional="base"))
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        return {"base": part}
 
     def params(self) -> dict[str, Any]:
         out = {"base": self.base} if self.base is not None else {"scale": self.scale}
@@ -161,34 +168,33 @@ class RopeBase(_RotaryFrequencies):
 
 # ---------------------------------------------------------------------------- YaRN
 @dataclass
-class YarnOptions:
-    factor: float = option(1.0, min=1.0, help="context extension ratio s")
-    original: int | None = option(None, min=1, help="the context the model was trained on (default: the card's)")
-    beta_fast: float = option(32.0, min=0.0, help="pairs turning more often than this over the original context keep their frequency")
-    beta_slow: float = option(1.0, min=0.0, help="pairs turning less often than this are interpolated by the factor")
-    layers: tuple[int, ...] | None = option(None, min=0, help="layers to edit (default: all)")
+class YarnConfig:
+    factor: float | None = option(None, min=1.0, max=MAX_FACTOR, help="context extension ratio s")
+    original: int | None = option(None, min=1, max=10**8, help="the context the model was trained on (default: the card's)")
+    beta_fast: float = option(32.0, min=0.0, max=MAX_FACTOR, help="pairs turning more often than this over the original context keep their frequency")
+    beta_slow: float = option(1.0, min=0.0, max=MAX_FACTOR, help="pairs turning less often than this are interpolated by the factor")
+    layers: tuple[int, ...] | None = option(None, min=0, max=MAX_INDEX, nonempty=True, help="layers to edit (default: all)")
 
 
 class Yarn(_RotaryFrequencies):
     name = "yarn"
     summary = "YaRN (Peng et al. 2023): per-band interpolation by FACTOR plus the attention temperature"
     spec_help = "FACTOR[;original=L;beta_fast=32;beta_slow=1;layers=..]  e.g. yarn:4"
+    Config = YarnConfig
 
-    def __init__(self, factor: float, original: int | None = None, beta_fast: float = 32.0, beta_slow: float = 1.0,
-                 layers: Sequence[int] | None = None):
-        opts = checked(YarnOptions, self.name, factor=factor, original=original, beta_fast=beta_fast,
-                       beta_slow=beta_slow, layers=layers)
+    def __init__(self, factor: float | None = None, original: int | None = None, beta_fast: float = 32.0,
+                 beta_slow: float = 1.0, layers: Sequence[int] | None = None):
+        opts = self._config(factor=factor, original=original, beta_fast=beta_fast, beta_slow=beta_slow, layers=layers)
+        if opts.factor is None:
+            raise BadOptionError("yarn needs a FACTOR: write e.g. yarn:4")
         if opts.beta_fast <= opts.beta_slow:
             raise BadOptionError(f"yarn: beta_fast ({opts.beta_fast:g}) must exceed beta_slow ({opts.beta_slow:g})")
         self.factor, self.original = opts.factor, opts.original
         self.beta_fast, self.beta_slow, self.layers = opts.beta_fast, opts.beta_slow, _layers(opts.layers)
 
     @classmethod
-    def from_spec(cls, arg: str) -> "Yarn":
-        opts = parse_spec(YarnOptions, arg, cls.name, positional="factor")
-        if "factor" not in opts:
-            raise BadOptionError("yarn needs a FACTOR: write e.g. yarn:4")
-        return cls(**opts)
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        return {"factor": part}
 
     def params(self) -> dict[str, Any]:
         out = {"factor": self.factor, "original": self.original, "beta_fast": self.beta_fast, "beta_slow": self.beta_slow}
