@@ -235,7 +235,8 @@ def _angles(cos: torch.Tensor, sin: torch.Tensor, batch: int) -> torch.Tensor:
     """[B, T, r]: per position, the cos then the sin of each rotary pair's angle (HF's tables
     hold each pair twice, [f_0 .. f_{r/2-1}, f_0 .. f_{r/2-1}]; the first half is enough)."""
     half = cos.shape[-1] // 2
-    return torch.cat([cos[..., :half], sin[..., :half]], dim=-1).float().expand(batch, -1, -1)
+    angles = torch.cat([cos[..., :half], sin[..., :half]], dim=-1)
+    return angles.to(torch.promote_types(angles.dtype, torch.float32)).expand(batch, -1, -1)
 
 
 def _table_at(table: torch.Tensor, layout: SegmentLayout, positions: torch.Tensor) -> torch.Tensor:
@@ -293,9 +294,10 @@ class PineScores(AttentionOverride):
                 f"rotate-half layout) but layer {ctx.layer} has {ctx.tensors['rope_cos'].shape[-1]}"
             )
         angles = _angles(ctx.tensors["rope_cos"], ctx.tensors["rope_sin"], B)
-        q = (q.float() * ctx.facts.scaling[ctx.layer]).transpose(1, 2).contiguous()  # [B, H, T, d], scaled once
-        k = k.float().transpose(1, 2).contiguous()  # [B, Hkv, T, d]
-        low = torch.finfo(torch.float32).min
+        dtype = torch.promote_types(q.dtype, torch.float32)  # fp32 at least (fp64 stays fp64)
+        q = (q.to(dtype) * ctx.facts.scaling[ctx.layer]).transpose(1, 2).contiguous()  # [B, H, T, d], scaled once
+        k = k.to(dtype).transpose(1, 2).contiguous()  # [B, Hkv, T, d]
+        low = torch.finfo(q.dtype).min
         # every key column is either outside the segments or in one: each score is written once
         out = q.new_empty(B, H, T * T + 1)
 
@@ -330,7 +332,7 @@ class PineScores(AttentionOverride):
         visible = layout.segment_keys_seen
         if window is not None:
             visible = visible & (dist[..., None] - torch.arange(L, device=q.device) < window)
-        seg = self._cap(seg).masked_fill_(~visible, torch.finfo(torch.float32).min)
+        seg = self._cap(seg).masked_fill_(~visible, torch.finfo(seg.dtype).min)
         out.scatter_(-1, layout.segment_index.expand(-1, H, -1), seg.view(B, H, -1))
 
     def _shifts(self, raw: torch.Tensor, layout: SegmentLayout) -> torch.Tensor:
@@ -346,7 +348,7 @@ class PineScores(AttentionOverride):
         mass = raw.sum(-1)  # [B, H, T, N]
         per_seg = mass / mass.sum(-1, keepdim=True) / layout.seg_len.clamp(min=1)[:, None, None, :]
         is_seg = layout.kind == SEGMENT
-        member = (layout.own & is_seg[..., None]).float()  # [B, T, N]
+        member = (layout.own & is_seg[..., None]).to(per_seg.dtype)  # [B, T, N]
         seg_to_seg = torch.einsum("bhtn,btm->bhmn", per_seg, member)  # [B, H, N (query), N (key)]
         index = layout.seg_of.clamp(min=0)[:, None, :, None].expand(B, H, T, N)
         importance = torch.where(is_seg[:, None, :, None], seg_to_seg.gather(2, index), per_seg)
