@@ -32,6 +32,7 @@ class ModelCard:
     attn_implementation: str = "eager"
     weights: str = "unprocessed"  # no layer-norm folding or centring (see docs/architecture.md)
     attn_has_qk_norm: bool = False  # q/k normalised per head before RoPE (Gemma 3, Qwen 3, OLMo 2)
+    attn_logit_softcap: float | None = None  # scores -> c * tanh(scores / c) before the mask (Gemma 2)
 
     @property
     def gqa_group_size(self) -> int:
@@ -155,4 +156,5 @@ def build_card(model_id: str, source: str, hf_model, tokenizer) -> ModelCard:
         dtype=dtype,
         attn_implementation=getattr(config, "_attn_implementation", None) or "eager",
         attn_has_qk_norm=any(n.endswith(("q_norm", "query_layernorm")) for n, _ in hf_model.named_modules()),
+        attn_logit_softcap=getattr(text_config, "attn_logit_softcapping", None) or None,
     )

@@ -53,6 +53,10 @@ class StoreNotWritableError(StoreError):
     pass
 
 
+class PositionIdError(PosbenchError):
+    """A position-id edit a model cannot take (negative ids, ids past a learned table)."""
+
+
 class StoreMissingError(StoreError):
     """No store at the path yet (or one without runs): not an error for a reader such as the
     dashboard, which shows an empty store."""

@@ -79,6 +79,10 @@ class HookedModel:
         """The layer's own RoPE ``inv_freq`` (rad/token per rotary pair), or None without RoPE."""
         return self.backend.rotary_inv_freq(layer)
 
+    def rotary_attention_factor(self, layer: int) -> float:
+        """The factor the layer's rotary cos/sin carry (1 for plain RoPE; YaRN's attention factor)."""
+        return self.backend.rotary_attention_factor(layer)
+
     def attention_scaling(self, layer: int) -> float:
         return self.backend.attention_scaling(layer)
 
@@ -238,11 +242,14 @@ class HookedModel:
         max_new_tokens: int = 32,
         stop_ids: Sequence[int] | None = None,
         progress: Callable[[int], None] | None = None,
+        segments: Sequence[SegmentSpans] | None = None,
     ) -> list[list[int]]:
         """Greedy continuations of token-id prompts under the active interventions.
 
         Every step re-runs the full sequence (no KV cache), so edits that depend on the whole
         sequence (PINE, position edits) hold at every step; ``progress(n)`` is called per token.
+        ``segments`` (one ``SegmentSpans`` per prompt, from ``tokenize_segments``) gives every
+        step's batch the prompts' segment layout; generated tokens extend the suffix.
         """
         stop = set(stop_ids if stop_ids is not None else [self.tokenizer.eos_token_id])
         rows = [list(p) for p in prompts]
@@ -252,6 +259,8 @@ class HookedModel:
             if not live:
                 break
             batch = self.batch([rows[i] + new[i] for i in live], "left")
+            if segments is not None:
+                batch.segments = [segments[i] for i in live]
             hidden = self.run(batch, [Capture("last", "final_norm", _last_hidden)]).captured["last"]
             choice = self.backend.unembed(hidden).argmax(-1).tolist()
             still = []

@@ -221,7 +221,7 @@ def coerce(config_cls: type, name: str, value: Any, owner: str = "") -> Any:
     table = specs(config_cls)
     owner = owner or config_cls.__name__
     if name not in table:
-        raise BadOptionError(f"unknown option '{name}' for {owner}: it takes {', '.join(table)}")
+        raise BadOptionError(f"unknown option '{name}' for {owner}: it takes {', '.join(table) or 'no options'}")
     spec = table[name]
     shown = value
     blank = isinstance(value, str) and value.strip().lower() in ("none", "")

@@ -165,11 +165,14 @@ class AttentionOverride(ABC):
 
     ``scores(q, k, ctx)`` gets the layer's queries [B, T, H, d] and keys [B, T, Hkv, d] *before*
     RoPE (after q/k-norm) plus ``ctx.tensors["scores"]``, the model's own masked scores, and
-    returns new scores [B, H, T, T] that carry their own mask (-inf where a key must not be
-    seen). The softmax, the values and everything after run unchanged. Used by PINE.
+    the same-layer sites named in ``needs`` (e.g. ``rope_cos``, ``rope_sin``: the layer's
+    rotary tables as the model, and any edit before the override, made them). It returns new
+    scores [B, H, T, T] that carry their own mask (a very negative value where a key must not
+    be seen). The softmax, the values and everything after run unchanged. Used by PINE.
     """
 
     layers: tuple[int, ...] | None = None
+    needs: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def scores(self, q: torch.Tensor, k: torch.Tensor, ctx: Context) -> torch.Tensor: ...

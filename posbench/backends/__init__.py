@@ -69,6 +69,10 @@ class Backend(ABC):
     def rotary_inv_freq(self, layer: int) -> torch.Tensor | None:
         """The layer's own RoPE inv_freq (rad/token per rotary pair), or None without RoPE."""
 
+    def rotary_attention_factor(self, layer: int) -> float:
+        """The factor the model multiplies its rotary cos/sin by (1 for plain RoPE; YaRN's mscale)."""
+        return 1.0
+
     @abstractmethod
     def attention_scaling(self, layer: int) -> float: ...
 

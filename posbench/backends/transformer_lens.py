@@ -296,10 +296,10 @@ class TransformerLensBackend(Backend):
 
     def _override_hooks(self, override: AttentionOverride, layer: int, ctx) -> list:
         stash: dict[str, torch.Tensor] = {}
-        hooks = self._stash_hooks(layer, ("q", "k"), stash)
+        hooks = self._stash_hooks(layer, ("q", "k", *override.needs), stash)
 
         def replace_scores(scores, hook):
-            c = ctx(layer, {"scores": scores})
+            c = ctx(layer, {**{site: stash[site] for site in override.needs}, "scores": scores})
             new = override.scores(stash["q"], stash["k"], c)
             if new.shape != scores.shape:
                 raise PosbenchError(
@@ -373,6 +373,18 @@ class TransformerLensBackend(Backend):
         }
         freq = buffers.get(f"{layer_type}_inv_freq", buffers.get("inv_freq"))
         return None if freq is None else freq.detach().float().cpu()
+
+    def rotary_attention_factor(self, layer: int) -> float:
+        """HF rotary modules keep it as ``attention_scaling`` (Gemma 3: ``{layer_type}_attention_scaling``)."""
+        if self.card.position_encoding != "rope":
+            return 1.0
+        names = (f"{self.card.layer_types[layer]}_attention_scaling", "attention_scaling")
+        for name, module in self.hf_model.named_modules():
+            if name.endswith(("rotary_emb", "rotary_emb._original_component")):
+                for attr in names:
+                    if getattr(module, attr, None) is not None:
+                        return float(getattr(module, attr))
+        return 1.0
 
     def attention_scaling(self, layer: int) -> float:
         """The factor q.k is multiplied by before the softmax (1/sqrt(d_head) unless the model
