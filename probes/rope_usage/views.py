@@ -1,11 +1,14 @@
-"""How a rope-usage result is shown: q norm per pair and layer, frequency spectra by head kind,
-wavelength against span, p-RoPE band effects, and the reading tables."""
+"""How a rope-usage result is shown: q energy per pair and layer, frequency spectra by primary
+label, q ~ k at each head's offset, DoPE band entropy against the sinks, wavelength against the
+evaluated span, the p-RoPE band test with its turn angles, and the RoPE-base feasibility."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from posbench.heads import LABELS, OFFSET_LABELS, POSITIONAL_LABELS
 from posbench.protocols import ProbeResult
+from posbench.rope_theory import feasibility_figure
 from posbench.views import ProbeView
 
 
@@ -14,71 +17,116 @@ class RopeUsageView(ProbeView):
 
     @classmethod
     def reading_tables(cls, result: ProbeResult):
-        pairs = result.tables["pairs"]
+        t = result.tables
+        pairs = t["pairs"]
         rows = []
-        for (span, base), g in pairs.groupby(["span", "rope_base"], sort=False):
+        for (span, context, base), g in pairs.groupby(["span", "context_span", "rope_base"], sort=False):
             layers = sorted(g.layer.unique())
             one = g[g.layer == layers[0]].sort_values("pair")
             picks = sorted({0, len(one) // 4, len(one) // 2, (3 * len(one)) // 4, len(one) - 1})
             for _, r in one.iloc[picks].iterrows():
                 rows.append({
-                    "layers": f"{len(layers)} layers (e.g. {layers[0]})", "RoPE base": f"{base:g}", "span (tokens)": int(span),
-                    "pair": int(r.pair), "rad/token": f"{r.inv_freq:.3g}", "wavelength (tokens)": f"{r.wavelength:,.0f}",
-                    "wavelength / span": f"{r.wavelength / span:.3g}", "turn across span (rad)": f"{r.rotation_over_span:.3g}",
-                    "position-free in span": bool(r.position_free_in_span),
+                    "layers": f"{len(layers)} layers (e.g. {layers[0]})", "RoPE base": f"{base:g}", "pair": int(r.pair),
+                    "rad/token": f"{r.inv_freq:.3g}", "wavelength (tokens)": f"{r.wavelength:,.0f}",
+                    "evaluated span": int(span), "turn over evaluated span (rad)": f"{r.rotation_over_span:.3g}",
+                    "position-free in evaluated span": bool(r.position_free_in_span),
+                    "context span": int(context), "turn over context (rad)": f"{r.rotation_over_context:.3g}",
                 })
-        kinds = result.tables["heads"].groupby("kind").agg(
-            heads=("head", "size"), q_norm_share_low_quarter=("q_norm_share_low_quarter", "mean"),
-            q_norm_share_high_quarter=("q_norm_share_high_quarter", "mean"),
-            top_key_share_high_freq=("top_key_share_high_freq", "mean")).round(3).reset_index()
-        effects = result.tables["band_effects"][["condition", "loss", "delta_loss", "positional_head_score", "delta_positional_score"]].round(4)
-        return {"frequency against span": pd.DataFrame(rows), "bands by head kind": kinds, "p-RoPE band interventions": effects}
+        heads = t["heads"]
+        by_label = heads.groupby("primary").agg(
+            heads=("head", "size"), q_energy_share_low_quarter=("q_energy_share_low_quarter", "mean"),
+            q_energy_share_high_quarter=("q_energy_share_high_quarter", "mean"),
+            top_key_share_high_freq=("top_key_share_high_freq", "mean"),
+            qk_cos_low=("qk_cos_low", "mean"), qk_cos_high=("qk_cos_high", "mean"),
+        ).reindex([x for x in LABELS if x in set(heads.primary)]).round(3).reset_index()
+        qk = heads[heads.primary.isin(OFFSET_LABELS)][
+            ["layer", "head", "primary", "traits", "qk_offset", "qk_cos_low", "qk_cos_high", "qk_cos_all",
+             "qk_bound_ratio_high", "qk_bound_ratio_all", "qk_score", "qk_bound"]].round(3)
+        effects = t["band_effects"][["condition", "max_turn_over_span", "loss", "delta_loss", "delta_loss_second_half",
+                                     "positional_head_score", "delta_positional_score"]].round(4)
+        dh = t["dope_heads"]
+        dope = dh.groupby(["indicator", dh.sink_share > 0.5]).agg(
+            heads=("head", "size"), entropy=("entropy", "mean"), spectral_share=("spectral_share", "mean"),
+            outlier_bands=("outlier_bands", "mean"), alpha0=("alpha0_natural", "mean")).round(3).reset_index()
+        dope = dope.rename(columns={"sink_share": "sink heads (majority)"})
+        feas = t["base_feasibility"][["layer_type", "base", "span", "n_layers", "aliasing_bound", "dc_stability_bound",
+                                      "dc_depth_bound", "precision_bound", "feasible", "margin_log10"]]
+        return {"frequency against span": pd.DataFrame(rows), "bands by primary label": by_label,
+                "q ~ k at the offset heads' own offset": qk, "p-RoPE band test": effects,
+                "DoPE band entropy: sink heads vs the rest": dope, "RoPE-base feasibility (config only)": feas.round(3)}
 
     @classmethod
     def figures(cls, result: ProbeResult):
         import plotly.express as px
         import plotly.graph_objects as go
 
+        t = result.tables
         figs = {}
-        hp, heads, pairs = result.tables["head_pairs"], result.tables["heads"], result.tables["pairs"]
-        layer_norm = hp.groupby(["layer", "pair"], as_index=False).q_norm.mean()
-        grid = layer_norm.pivot(index="layer", columns="pair", values="q_norm")
-        figs["q_norm_by_pair"] = px.imshow(
+        hp, heads, pairs = t["head_pairs"], t["heads"], t["pairs"]
+        grid = hp.groupby(["layer", "pair"], as_index=False).q_energy_share.mean().pivot(
+            index="layer", columns="pair", values="q_energy_share")
+        figs["q_energy_by_pair"] = px.imshow(
             grid, origin="lower", aspect="auto", color_continuous_scale="Viridis",
-            labels={"x": "rotary pair (0 = highest frequency)", "y": "layer", "color": "mean |q_p|"},
-            title="Mean q norm per rotary pair and layer (Barbero et al. Fig. 3)",
+            labels={"x": "rotary pair (0 = highest frequency)", "y": "layer", "color": "share of |q|^2"},
+            title="Share of the q energy (|q_p|^2 / |q|^2) per rotary pair and layer (cf. Barbero et al. Fig. 3)",
         )
-        kinds = hp.merge(heads[["layer", "head", "kind"]], on=["layer", "head"])
-        spectrum = kinds.groupby(["kind", "pair"], as_index=False).agg(
+        labelled = hp.merge(heads[["layer", "head", "primary"]], on=["layer", "head"])
+        spectrum = labelled.groupby(["primary", "pair"], as_index=False).agg(
             top_key_share=("top_key_share", "mean"), wavelength=("wavelength", "median"))
-        figs["spectrum_by_kind"] = px.line(
-            spectrum, x="wavelength", y="top_key_share", color="kind", markers=True, log_x=True,
+        figs["spectrum_by_label"] = px.line(
+            spectrum, x="wavelength", y="top_key_share", color="primary", markers=True, log_x=True,
+            category_orders={"primary": list(LABELS)},
             labels={"wavelength": "wavelength (tokens, median over layers)", "top_key_share": "share of |score| on the top key"},
-            title="Which frequencies each kind of head draws its score from",
+            title="Which frequencies each primary label draws its score from",
         )
         fig = go.Figure()
-        for _, r in heads[heads.kind == "positional"].head(8).iterrows():
+        for _, r in heads[heads.primary.isin(POSITIONAL_LABELS)].head(8).iterrows():
             sel = hp[(hp.layer == r.layer) & (hp["head"] == r["head"])]
             fig.add_trace(go.Scatter(x=sel.wavelength, y=sel.top_key_share, mode="lines+markers",
-                                     name=f"L{r.layer}H{r['head']} (positional)"))
-        for _, r in heads[heads.kind == "content"].head(4).iterrows():
+                                     name=f"L{r.layer}H{r['head']} ({r.primary})"))
+        for _, r in heads[heads.primary == "content"].head(4).iterrows():
             sel = hp[(hp.layer == r.layer) & (hp["head"] == r["head"])]
             fig.add_trace(go.Scatter(x=sel.wavelength, y=sel.top_key_share, mode="lines", line={"dash": "dot"},
                                      name=f"L{r.layer}H{r['head']} (content)"))
         fig.update_layout(title="Per-head frequency spectra: share of the top-key score per pair",
                           xaxis={"type": "log", "title": "wavelength (tokens)"}, yaxis_title="share")
         figs["head_spectra"] = fig
+        figs["qk_alignment"] = px.scatter(
+            heads, x="qk_cos_low", y="qk_cos_high", color="primary", category_orders={"primary": list(LABELS)},
+            hover_data=["layer", "head", "qk_offset", "traits", "qk_bound_ratio_all"], range_x=[-1, 1], range_y=[-1, 1],
+            title="q ~ k (Barbero et al.): cosine of q_i and k_{i-d*} in the highest vs lowest frequency quarter",
+        )
+        dh = t["dope_heads"]
+        figs["dope_vs_sink"] = px.scatter(
+            dh, x="alpha0_natural", y="entropy", color="indicator", symbol="indicator",
+            hover_data=["layer", "head", "primary", "spectral_share", "outlier_bands"],
+            labels={"alpha0_natural": "first-key mass alpha_0 (mean over the head's query heads)",
+                    "entropy": "DoPE head entropy H_h (nats, max log 2)"},
+            title="DoPE band entropy of rotated q / k against the sink mass",
+        )
+        db = t["dope_bands"]
+        ent = db[db.indicator == "k"].groupby(["layer", "band"], as_index=False).entropy.mean()
+        figs["dope_band_entropy"] = px.imshow(
+            ent.pivot(index="layer", columns="band", values="entropy"), origin="lower", aspect="auto",
+            color_continuous_scale="Viridis", zmin=0, zmax=0.6931,
+            labels={"x": "band = rotary pair (0 = highest frequency)", "y": "layer", "color": "entropy (nats)"},
+            title="DoPE band entropy of the rotated keys (mean over KV heads; low = coherent spike)",
+        )
         pl = pairs.copy()
-        pl["layer_kind"] = [f"L{l} (span {s})" for l, s in zip(pl.layer, pl.span)]
         first_of_kind = pl.drop_duplicates(["span", "rope_base"]).layer.tolist()
         pl = pl[pl.layer.isin(first_of_kind)]
-        figs["wavelength_vs_span"] = px.scatter(
-            pl, x="pair", y="wavelength", color="layer_kind", log_y=True, symbol="position_free_in_span",
-            title="Wavelength of each pair against the span its layer can see (position-free if it barely turns)",
+        pl["layer_kind"] = [f"L{l} {k} (evaluated span {s})" for l, k, s in zip(pl.layer, pl.layer_type, pl.span)]
+        figs["turn_over_span"] = px.scatter(
+            pl, x="pair", y="rotation_over_span", color="layer_kind", log_y=True, symbol="position_free_in_span",
+            labels={"rotation_over_span": "turn across the evaluated span (rad)"},
+            title="How far each pair turns across the span evaluated (below π/8: position-free there)",
         )
-        eff = result.tables["band_effects"]
+        eff = t["band_effects"]
         figs["band_effects"] = px.bar(
-            eff, x="condition", y="delta_loss", title="p-RoPE band interventions: change in next-token loss",
-            labels={"delta_loss": "loss - baseline loss (nats/token)"},
+            eff, x="condition", y=["delta_loss", "delta_loss_second_half"], barmode="group",
+            hover_data=["max_turn_over_span", "delta_positional_score"],
+            title="p-RoPE band test: change in next-token loss (hover: the band's largest turn over the span)",
+            labels={"value": "loss - baseline loss (nats/token)"},
         )
+        figs["base_feasibility"] = feasibility_figure(t["base_feasibility"])
         return figs
