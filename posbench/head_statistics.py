@@ -25,6 +25,7 @@ import torch
 
 from . import data as pdata
 from .batching import run_batches
+from .progress import NO_PROGRESS
 from .reduce import offset_counts, offset_sums_rows, position_dependence_rows, row_jsd
 from .sites import AttentionCapture, AttentionStatistic, Capture, Context
 
@@ -193,7 +194,7 @@ def measure_head_statistics(
     *,
     batch_size: int,
     padding_side: str = "right",
-    progress=None,
+    progress=NO_PROGRESS,
     window: int = 8,
     natural_captures: Callable[[torch.Tensor], list[Capture | AttentionCapture]] | None = None,
 ) -> HeadStatistics:

@@ -24,6 +24,7 @@ import torch
 from posbench.batching import run_batches
 from posbench.head_statistics import OffsetProfile
 from posbench.interventions.rope_bands import RopePositionFree
+from posbench.progress import NO_PROGRESS
 from posbench.reduce import nll_by_position
 from posbench.sites import AttentionCapture, Capture
 
@@ -114,7 +115,7 @@ def _add(acc, x: torch.Tensor) -> torch.Tensor:
 
 def band_effects(model, seqs: Sequence[Sequence[int]], offset_heads: Sequence[tuple[int, int, int]],
                  pairs: pd.DataFrame, fractions: Sequence[float], *, batch_size: int = 1,
-                 padding_side: str = "right", bar=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 padding_side: str = "right", bar=NO_PROGRESS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The p-RoPE band test: baseline, then each fraction's lowest and highest band position-free.
 
     ``offset_heads`` are (layer, head, d*) of the heads whose P(d*) is tracked (the taxonomy's

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from posbench import data as pdata
+from posbench.batching import run_batches
 from posbench.errors import BadOptionError, PosbenchError
 from posbench.head_statistics import HeadInputs, measure_head_statistics
 from posbench.heads import OFFSET_LABELS, POSITIONAL_LABELS, HeadThresholds, head_list, head_traits, thresholds_of
@@ -52,6 +53,8 @@ DOPE_RANKS = (8, 32)
 class RopeUsageConfig(HeadThresholds):
     seq_len: int = option(128, min=8, help="tokens per sequence")
     n_sequences: int = option(8, min=1, help="natural-text sequences")
+    taxonomy_len: int = option(128, min=8, help="tokens per sequence of the head-taxonomy passes (at most seq_len); "
+                               "a longer seq_len gets its own natural-text pass for the frequency statistics")
     n_random: int = option(8, min=2, help="random-token sequences for the head taxonomy (compared in pairs)")
     n_repeated: int = option(4, min=1, help="repeated random sequences for the taxonomy's induction / duplicate scores")
     repeat_len: int = option(32, min=2, help="length of the random half that is repeated")
@@ -102,38 +105,51 @@ class RopeUsageProbe(Probe):
                 "positions (try smollm2-135m-instruct or gemma-3-270m)"
             )
         texts = pdata.natural_texts()[: c.n_sequences] if data is None else ([data] if isinstance(data, str) else list(data))
-        inputs = HeadInputs.build(model, texts, c.seq_len, c.n_random, c.n_repeated, c.repeat_len, c.seed)
-        L, H, P = model.n_layers, model.n_heads, model.n_pairs
+        head_len = min(c.seq_len, c.taxonomy_len)
+        inputs = HeadInputs.build(model, texts, head_len, c.n_random, c.n_repeated, c.repeat_len, c.seed)
+        natural = pdata.natural_sequences(model, texts, c.seq_len)
+        natural = inputs.natural if natural == inputs.natural else natural
+        model.check_lengths(natural)
+        L = model.n_layers
         bands = {layer: _quarters(model, layer) for layer in range(L)}
-        bar = Progress(len(inputs) + len(inputs.natural) * (1 + 2 * len(c.band_fractions)),
+        own_pass = natural is not inputs.natural
+        bar = Progress(len(inputs) + len(natural) * (own_pass + 1 + 2 * len(c.band_fractions)),
                        f"rope usage on {model.model_id}", enabled=progress)
         offsets: dict[str, torch.Tensor] = {}
 
-        def natural_captures(profile_random):
+        def usage_captures(profile_random):
             offsets["d"] = profile_random[..., : c.max_offset + 1].argmax(-1)
             return [AttentionCapture("usage", RopeUsageStatistic(offsets["d"], bands)),
                     gram_capture("rot_q"), gram_capture("rot_k")]
 
         stats = measure_head_statistics(model, inputs, batch_size=c.batch_size, padding_side=c.padding_side,
-                                        progress=bar, window=c.window, natural_captures=natural_captures)
-        usage, grams = _fold(stats.natural_outputs, L)
+                                        progress=bar, window=c.window,
+                                        natural_captures=None if own_pass else usage_captures)
+        outputs = stats.natural_outputs
+        if own_pass:  # long sequences: the frequency statistics get their own pass at seq_len
+            captures = usage_captures(stats.profile_random)
+            outputs = [out.captured for _, _, out in run_batches(model, natural, captures, batch_size=c.batch_size,
+                                                                 padding_side=c.padding_side, progress=bar)]
+        usage, grams = _fold(outputs, L)
         heads = head_traits(stats.table, thresholds_of(c))
-        pairs = pair_table(model, max(len(s) for s in inputs.natural), c.position_free_rotation)
+        pairs = pair_table(model, max(len(s) for s in natural), c.position_free_rotation)
         heads, head_pairs = self._usage_tables(model, heads, pairs, usage, offsets["d"], bands)
         dope_bands, dope_heads = self._dope_tables(model, grams, heads)
-
-        offset_heads = [(int(r.layer), int(r.head), int(r.offset)) for r in heads.itertuples()
-                        if r.primary in OFFSET_LABELS]
-        effects, turns = band_effects(model, inputs.natural, offset_heads, pairs, c.band_fractions,
-                                      batch_size=c.batch_size, padding_side=c.padding_side, bar=bar)
-        bar.close()
         feasibility = base_feasibility(model.card)
         feasibility["layers"] = feasibility["layers"].map(lambda x: ",".join(map(str, x)))
-        tables = {"heads": heads, "head_pairs": head_pairs, "pairs": pairs, "band_effects": effects,
-                  "band_turns": turns, "dope_bands": dope_bands, "dope_heads": dope_heads,
-                  "base_feasibility": feasibility}
+        tables = {"heads": heads, "head_pairs": head_pairs, "pairs": pairs, "dope_bands": dope_bands,
+                  "dope_heads": dope_heads, "base_feasibility": feasibility}
+        if c.band_fractions:
+            offset_heads = [(int(r.layer), int(r.head), int(r.offset)) for r in heads.itertuples()
+                            if r.primary in OFFSET_LABELS]
+            tables["band_effects"], tables["band_turns"] = band_effects(
+                model, natural, offset_heads, pairs, c.band_fractions, batch_size=c.batch_size,
+                padding_side=c.padding_side, bar=bar)
+        bar.close()
         summary = self._summary(model, tables)
-        record = {**inputs.record(), "seq_len": c.seq_len, "bos_prepended": model.card.adds_bos}
+        record = {**inputs.record(), "seq_len": c.seq_len, "taxonomy_len": head_len, "bos_prepended": model.card.adds_bos}
+        if own_pass:
+            record["tokens"]["natural_long"] = natural
         return tables, summary, record
 
     # ------------------------------------------------------------------ tables
@@ -148,7 +164,8 @@ class RopeUsageProbe(Probe):
         abs_share, top_share = _share(usage["contrib_abs"]), _share(usage["top_abs"])
         extra, pair_rows = [], []
         for layer in range(L):
-            wl = torch.tensor(pairs[pairs.layer == layer].wavelength.to_numpy(), dtype=torch.float32)
+            mine = pairs[pairs.layer == layer].sort_values("pair")
+            freq, wl = mine.inv_freq.to_numpy(), torch.tensor(mine.wavelength.to_numpy(), dtype=torch.float32)
             high = wl < c.high_freq_wavelength
             low_q, high_q = bands[layer]["low"], bands[layer]["high"]
             for head in range(H):
@@ -177,7 +194,7 @@ class RopeUsageProbe(Probe):
                         row["qk_bound"] = bound / n if n else math.nan
                 extra.append(row)
                 for p in range(P):
-                    pair_rows.append((layer, head, model.card.kv_head_of(head), p, float(pairs.inv_freq[layer * P + p]),
+                    pair_rows.append((layer, head, model.card.kv_head_of(head), p, float(freq[p]),
                                       float(wl[p]), float(q_norm[layer, head, p]), float(k_norm[layer, head, p]),
                                       float(q_energy[layer, head, p]), float(k_energy[layer, head, p]),
                                       float(q_share[layer, head, p]), float(contrib[layer, head, p]),
@@ -217,7 +234,7 @@ class RopeUsageProbe(Probe):
 
     # ------------------------------------------------------------------ summary
     def _summary(self, model, tables) -> dict[str, Any]:
-        heads, pairs, effects = tables["heads"], tables["pairs"], tables["band_effects"]
+        heads, pairs = tables["heads"], tables["pairs"]
         out: dict[str, Any] = {}
         out["q_energy_share_lowest_quarter"] = round(float(heads.q_energy_share_low_quarter.mean()), 4)
         out["q_energy_share_highest_quarter"] = round(float(heads.q_energy_share_high_quarter.mean()), 4)
@@ -247,10 +264,15 @@ class RopeUsageProbe(Probe):
         q = dheads[dheads.indicator == "q"]
         out["dope_outlier_bands_q_k"] = f"{int(bands[bands.indicator == 'q'].outlier.sum())} / {int(bands[bands.indicator == 'k'].outlier.sum())}"
         if q.entropy.notna().sum() > 2:
-            out["dope_q_entropy_vs_alpha0_spearman"] = round(float(q.entropy.corr(q.alpha0_natural, method="spearman")), 4)
+            for col in ("entropy", "spectral_share"):
+                rho = q[col].corr(q.alpha0_natural, method="spearman")
+                out[f"dope_q_{col}_vs_alpha0_spearman"] = round(float(rho), 4)
+        if bands.outlier.any():  # share of the outlier bands below their layer's median frequency
+            low_half = bands.freq < bands.groupby("layer").freq.transform("median")
+            out["dope_outliers_in_low_frequency_half"] = round(float(low_half[bands.outlier].mean()), 4)
         for _, row in tables["base_feasibility"].iterrows():
             out[f"base_feasible_{row.layer_type}"] = f"{bool(row.feasible)} (margin {row.margin_log10:+.2f} decades)"
-        for _, row in effects.iterrows():
+        for _, row in tables.get("band_effects", pd.DataFrame(columns=["condition"])).iterrows():
             out[f"loss[{row.condition}]"] = round(float(row.loss), 4)
         return out
 

@@ -43,7 +43,8 @@ class RopeUsageView(ProbeView):
             ["layer", "head", "primary", "traits", "qk_offset", "qk_cos_low", "qk_cos_high", "qk_cos_all",
              "qk_bound_ratio_high", "qk_bound_ratio_all", "qk_score", "qk_bound"]].round(3)
         effects = t["band_effects"][["condition", "max_turn_over_span", "loss", "delta_loss", "delta_loss_second_half",
-                                     "positional_head_score", "delta_positional_score"]].round(4)
+                                     "positional_head_score", "delta_positional_score"]].round(4) \
+            if "band_effects" in t else pd.DataFrame()
         dh = t["dope_heads"]
         dope = dh.groupby(["indicator", dh.sink_share > 0.5]).agg(
             heads=("head", "size"), entropy=("entropy", "mean"), spectral_share=("spectral_share", "mean"),
@@ -51,9 +52,10 @@ class RopeUsageView(ProbeView):
         dope = dope.rename(columns={"sink_share": "sink heads (majority)"})
         feas = t["base_feasibility"][["layer_type", "base", "span", "n_layers", "aliasing_bound", "dc_stability_bound",
                                       "dc_depth_bound", "precision_bound", "feasible", "margin_log10"]]
-        return {"frequency against span": pd.DataFrame(rows), "bands by primary label": by_label,
-                "q ~ k at the offset heads' own offset": qk, "p-RoPE band test": effects,
-                "DoPE band entropy: sink heads vs the rest": dope, "RoPE-base feasibility (config only)": feas.round(3)}
+        out = {"frequency against span": pd.DataFrame(rows), "bands by primary label": by_label,
+               "q ~ k at the offset heads' own offset": qk, "p-RoPE band test": effects,
+               "DoPE band entropy: sink heads vs the rest": dope, "RoPE-base feasibility (config only)": feas.round(3)}
+        return {name: table for name, table in out.items() if len(table)}
 
     @classmethod
     def figures(cls, result: ProbeResult):
@@ -121,12 +123,12 @@ class RopeUsageView(ProbeView):
             labels={"rotation_over_span": "turn across the evaluated span (rad)"},
             title="How far each pair turns across the span evaluated (below π/8: position-free there)",
         )
-        eff = t["band_effects"]
-        figs["band_effects"] = px.bar(
-            eff, x="condition", y=["delta_loss", "delta_loss_second_half"], barmode="group",
-            hover_data=["max_turn_over_span", "delta_positional_score"],
-            title="p-RoPE band test: change in next-token loss (hover: the band's largest turn over the span)",
-            labels={"value": "loss - baseline loss (nats/token)"},
-        )
+        if "band_effects" in t:
+            figs["band_effects"] = px.bar(
+                t["band_effects"], x="condition", y=["delta_loss", "delta_loss_second_half"], barmode="group",
+                hover_data=["max_turn_over_span", "delta_positional_score"],
+                title="p-RoPE band test: change in next-token loss (hover: the band's largest turn over the span)",
+                labels={"value": "loss - baseline loss (nats/token)"},
+            )
         figs["base_feasibility"] = feasibility_figure(t["base_feasibility"])
         return figs
