@@ -397,7 +397,8 @@ MEMORY_RUN = textwrap.dedent(
     model = posbench.load_model("gemma-3-270m")
     model.run(model.batch(model.tokenize(["warm up"])))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    RopeUsageProbe(seq_len=4096, n_sequences=1, n_random=2, n_repeated=1, batch_size=2, band_fractions=()).run(model, data=[" ".join(natural_texts())])
+    probe = RopeUsageProbe(seq_len=4096, n_sequences=1, n_random=2, n_repeated=1, batch_size=1, band_fractions=())
+    probe.run(model, data=[" ".join(natural_texts())])
     print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base)
     """
 )

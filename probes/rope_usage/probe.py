@@ -59,7 +59,7 @@ class RopeUsageConfig(HeadThresholds):
     n_repeated: int = option(4, min=1, help="repeated random sequences for the taxonomy's induction / duplicate scores")
     repeat_len: int = option(32, min=2, help="length of the random half that is repeated")
     max_offset: int = option(32, min=0, help="d* (the offset where q ~ k is read) is the random-token profile's peak in 0..max_offset")
-    batch_size: int = option(4, min=2)
+    batch_size: int = option(4, min=1, help="sequences per forward (the random-token pass, compared in pairs, uses an even number, at least 2)")
     high_freq_wavelength: float = option(32.0, min=0.0, help="pairs with a shorter wavelength (tokens) count as high frequency")
     position_free_rotation: float = option(math.pi / 8, min=0.0, help="a pair turning less than this (rad) across a span is position-free there")
     band_fractions: tuple[float, ...] = option((0.25,), min=0.0, max=1.0, help="p-RoPE bands evaluated (lowest and highest fraction)")
