@@ -145,8 +145,9 @@ class HeadInputs:
 
     @classmethod
     def build(cls, model, texts: Sequence[str], seq_len: int, n_random: int, n_repeated: int, repeat_len: int,
-              seed: int = 0) -> "HeadInputs":
-        natural = pdata.natural_sequences(model, texts, seq_len)
+              seed: int = 0, warn: bool = False) -> "HeadInputs":
+        """``warn``: warn when texts are cut to ``seq_len`` (the user's own texts)."""
+        natural = pdata.natural_sequences(model, texts, seq_len, warn=warn)
         randoms = pdata.random_token_sequences(model, n_random, seq_len, seed)
         halves = model.random_tokens(n_repeated, repeat_len, torch.Generator().manual_seed(seed + 3))
         bos = [model.tokenizer.bos_token_id] if model.card.adds_bos else []

@@ -305,7 +305,7 @@ def _boot(hf_model, tokenizer, model_id: str, source: str) -> HookedModel:
     return HookedModel(backend, hf_model, tokenizer, model_id, source, card)
 
 
-def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None = None) -> HookedModel:
+def _read_pretrained(name: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -313,7 +313,28 @@ def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None
 
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
+    return model, tokenizer
+
+
+def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None = None) -> HookedModel:
+    model, tokenizer = _read_pretrained(name, dtype)
     return _boot(model.to(device), tokenizer, model_id or name, source)
+
+
+def _from_folder(folder: Path, name: str, dtype, device) -> HookedModel:
+    """A local checkpoint folder, or a clear error when it is not one."""
+    fix = ("pass a folder written by save_pretrained (config.json, the weights and the tokenizer files) "
+           "or a zoo alias (`posbench models`)")
+    if not (folder / "config.json").is_file():
+        raise UnknownModelError(f"folder {name} is not a HuggingFace checkpoint (it has no config.json): {fix}")
+    try:
+        model, tokenizer = _read_pretrained(str(folder), dtype)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # what transformers raises
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UnknownModelError(
+            f"cannot load the checkpoint in folder {name} ({type(err).__name__}: {first}): {fix}"
+        ) from err
+    return _boot(model.to(device), tokenizer, name, f"local folder {name}")
 
 
 def load_model(
@@ -346,8 +367,14 @@ def load_model(
         folder = embedded_checkpoint(name, progress=progress)
         return _from_pretrained(str(folder), dtype, device, entry.source, model_id=name)
 
-    if Path(name).expanduser().is_dir():
-        return _from_pretrained(str(Path(name).expanduser()), dtype, device, f"local folder {name}")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _from_folder(local, name, dtype, device)
+    if local.exists():
+        raise UnknownModelError(
+            f"model path {name} is a file, not a checkpoint folder: pass the folder that holds config.json, "
+            "the weights and the tokenizer (or a zoo alias, `posbench models`)"
+        )
 
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if not looks_like_hub_id:
@@ -365,3 +392,33 @@ def load_model(
             "name and your network, or use a zoo alias / local folder (`posbench models`)"
         ) from err
 
+
+
+def load_card(spec: str, progress: Callable[[str], None] | None = None) -> ModelCard:
+    """A model's card without loading its weights: the architecture is built on the meta device
+    from the config (no memory, no compute), the tokenizer is read as usual. Embedded models are
+    dequantized once first if they are not cached yet."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name = str(spec)
+    if name in ZOO and ZOO[name].kind == "tiny":
+        model, tokenizer = build_tiny(name)
+        source = ZOO[name].source
+    else:
+        if name in ZOO:
+            folder, source = str(embedded_checkpoint(name, progress=progress)), ZOO[name].source
+        elif Path(name).expanduser().is_dir():
+            folder, source = str(Path(name).expanduser()), f"local folder {name}"
+        else:
+            folder, source = name, f"HuggingFace hub {name}"
+        try:
+            config = AutoConfig.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except OSError as err:
+            raise UnknownModelError(
+                f"could not read the config of '{name}' ({type(err).__name__}): use a zoo alias, a checkpoint "
+                "folder, or a hub name with the network on (`posbench models`)"
+            ) from err
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    return build_card(name, source, model, tokenizer)

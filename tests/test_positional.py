@@ -287,10 +287,12 @@ def test_dope_specs_and_errors(tiny_gpt2):
 
     iv = parse_intervention("dope:heads=5;variant=by-gaussian;metric=trunc_rank_8;order=desc;indicator=q")
     assert (iv.heads, iv.variant, iv.metric, iv.order, iv.indicator) == (5, "by-gaussian", "trunc_rank_8", "desc", "q")
-    with pytest.raises(PosbenchError, match="dope: variant must be one of"):
+    with pytest.raises(PosbenchError, match="bad option variant='by-some' for intervention 'dope'"):
         parse_intervention("dope:variant=by-some")
-    with pytest.raises(PosbenchError, match="unknown dope option 'head'"):
+    with pytest.raises(PosbenchError, match="unknown option 'head' for intervention 'dope'"):
         parse_intervention("dope:head=3")
+    with pytest.raises(PosbenchError, match="bad option metric='rank'.*not a known head score"):
+        parse_intervention("dope:metric=rank")
     with pytest.raises(PosbenchError, match="dope needs a RoPE model"):
         with tiny_gpt2.intervene(parse_intervention("dope:heads=1")):
             pass

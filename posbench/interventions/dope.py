@@ -18,13 +18,16 @@ tokens, run under the interventions already active. The chosen masks are recorde
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..batching import run_batches
 from ..data import natural_sequences, natural_texts
-from ..errors import BadOptionError, PosbenchError
+from ..errors import PosbenchError
+from ..limits import MAX_INDEX
+from ..options import build, option, parse_spec
 from ..protocols import ActivationEdit
 from ..rope_theory.dope import VARIANTS, BandMask, dope_masks, gram_capture, head_score_table, merge_grams, select_heads
 from ..sites import Edit
@@ -33,51 +36,57 @@ from .rope_bands import RopeBandZero
 METRICS_HELP = "entropy | spectral_share | trunc_rank_R"
 
 
+def _metric_problem(metric: str) -> str | None:
+    if metric in ("entropy", "spectral_share") or (metric.startswith("trunc_rank_") and metric[11:].isdigit()):
+        return None
+    return "not a known head score"
+
+
+@dataclass
+class DopeConfig:
+    """The options of ``--intervention dope:key=value;...``."""
+
+    heads: int = option(3, min=1, max=MAX_INDEX, help="heads masked, chosen globally over layers x heads")
+    variant: str = option("by-parts", choices=VARIANTS, help="by-parts (zero one side of 2*pi/train_length), "
+                          "by-all (zero every pair), by-gaussian (replace every pair by seeded noise)")
+    metric: str = option("entropy", check=_metric_problem, form=METRICS_HELP, help="the head score heads are ranked by")
+    order: str = option("asc", choices=("asc", "desc"), help="asc: the lowest scores (the most coherent heads)")
+    indicator: str = option("k", choices=("q", "k"), help="score the rotated queries or keys")
+    parts: str = option("low", choices=("low", "high"), help="by-parts: the frequency side that is zeroed")
+    target: str = option("qk", choices=("qk", "q", "k"), help="mask q, k or both")
+    train_length: int | None = option(None, min=1, max=2**24, help="by-parts: the training length (default: the context)")
+    calibration_texts: int = option(8, min=1, max=48, help="built-in texts of the calibration pass")
+    calibration_len: int = option(128, min=8, max=65_536, help="tokens per calibration text")
+    seed: int = option(0, min=0, help="by-gaussian: the noise seed")
+
+
 class Dope(ActivationEdit):
     name = "dope"
     summary = "DoPE: mask rotary bands in the heads with the lowest (or highest) rotated-q/k matrix entropy"
     spec_help = ("heads=N[;variant=by-parts|by-all|by-gaussian][;metric=entropy|spectral_share|trunc_rank_R]"
                  "[;order=asc|desc][;indicator=q|k][;parts=low|high][;target=qk|q|k][;train_length=T]"
                  "  e.g. dope:heads=3;variant=by-parts")
+    Config = DopeConfig
 
     def __init__(self, heads: int = 3, variant: str = "by-parts", metric: str = "entropy", order: str = "asc",
                  indicator: str = "k", parts: str = "low", target: str = "qk", train_length: int | None = None,
                  calibration_texts: int = 8, calibration_len: int = 128, seed: int = 0):
-        if heads < 1:
-            raise BadOptionError(f"dope: heads must be >= 1, got {heads}")
-        checks = {"variant": (variant, VARIANTS), "order": (order, ("asc", "desc")), "indicator": (indicator, ("q", "k")),
-                  "parts": (parts, ("low", "high")), "target": (target, ("qk", "q", "k"))}
-        for key, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise BadOptionError(f"dope: {key} must be one of {', '.join(allowed)}, got '{value}'")
-        if not (metric in ("entropy", "spectral_share") or (metric.startswith("trunc_rank_") and metric[11:].isdigit())):
-            raise BadOptionError(f"dope: metric must be {METRICS_HELP}, got '{metric}'")
-        self.heads, self.variant, self.metric, self.order = int(heads), variant, metric, order
-        self.indicator, self.parts, self.target = indicator, parts, target
-        self.train_length = train_length
-        self.calibration_texts, self.calibration_len, self.seed = calibration_texts, calibration_len, seed
+        c = build(self.Config, dict(heads=heads, variant=variant, metric=metric, order=order, indicator=indicator,
+                                    parts=parts, target=target, train_length=train_length,
+                                    calibration_texts=calibration_texts, calibration_len=calibration_len, seed=seed),
+                  owner=f"intervention '{self.name}'")
+        self.config = c
+        self.heads, self.variant, self.metric, self.order = c.heads, c.variant, c.metric, c.order
+        self.indicator, self.parts, self.target = c.indicator, c.parts, c.target
+        self.train_length = c.train_length
+        self.calibration_texts, self.calibration_len, self.seed = c.calibration_texts, c.calibration_len, c.seed
         self.masks: list[BandMask] = []
         self._second_moment: dict[str, dict[int, torch.Tensor]] = {}
         self._calibrated_on: str | None = None
 
     @classmethod
     def from_spec(cls, arg: str) -> "Dope":
-        opts: dict[str, Any] = {}
-        for part in filter(None, (p.strip() for p in arg.split(";"))):
-            key, sep, value = part.partition("=")
-            key, value = key.strip(), value.strip()
-            if not sep:
-                raise BadOptionError(f"malformed dope option '{part}': write KEY=VALUE, e.g. dope:heads=3;variant=by-all")
-            if key in ("heads", "train_length", "calibration_texts", "calibration_len", "seed"):
-                try:
-                    opts[key] = int(value)
-                except ValueError:
-                    raise BadOptionError(f"dope: {key} must be an integer, got '{value}'") from None
-            elif key in ("variant", "metric", "order", "indicator", "parts", "target"):
-                opts[key] = value
-            else:
-                raise BadOptionError(f"unknown dope option '{key}': {cls.spec_help}")
-        return cls(**opts)
+        return cls(**parse_spec(cls.Config, arg, f"intervention '{cls.name}'", grammar=cls.spec_help))
 
     def params(self) -> dict[str, Any]:
         out = {"heads": self.heads, "variant": self.variant, "metric": self.metric, "order": self.order,

@@ -38,13 +38,13 @@ from posbench.protocols import Probe
 
 @dataclass
 class PositionalHeadsConfig(HeadThresholds):
-    seq_len: int = option(128, min=8, help="tokens per sequence")
-    n_random: int = option(8, min=2, help="random-token sequences (compared in pairs for content invariance)")
-    n_natural: int = option(8, min=1, help="natural-text sequences")
-    n_repeated: int = option(4, min=1, help="repeated random sequences for duplicate / induction scores")
-    repeat_len: int = option(32, min=2, help="length of the random half that is repeated")
+    seq_len: int = option(128, min=8, counts="tokens", help="tokens per sequence")
+    n_random: int = option(8, min=2, counts="sequences", help="random-token sequences (compared in pairs for content invariance)")
+    n_natural: int = option(8, min=1, counts="sequences", help="natural-text sequences")
+    n_repeated: int = option(4, min=1, counts="sequences", help="repeated random sequences for duplicate / induction scores")
+    repeat_len: int = option(32, min=2, max=65_536, help="length of the random half that is repeated")
     max_offset: int = option(32, min=1, help="offsets kept in the offset-profile table")
-    batch_size: int = option(8, min=2)
+    batch_size: int = option(8, min=2, counts="batch")
     padding_side: str = option("right", choices=("left", "right"))
     seed: int = option(0, min=0)
 
@@ -53,6 +53,7 @@ class PositionalHeadsProbe(Probe):
     name = "positional-heads"
     summary = "offset profiles, content invariance, position dependence, head traits and primary labels"
     Config = PositionalHeadsConfig
+    default_data_options = ("n_natural",)
 
     def check_config(self) -> None:
         if self.config.n_random % 2:
@@ -61,7 +62,8 @@ class PositionalHeadsProbe(Probe):
     def measure(self, model, data, progress=False):
         c = self.config
         texts = pdata.natural_texts()[: c.n_natural] if data is None else ([data] if isinstance(data, str) else list(data))
-        inputs = HeadInputs.build(model, texts, c.seq_len, c.n_random, c.n_repeated, c.repeat_len, c.seed)
+        inputs = HeadInputs.build(model, texts, c.seq_len, c.n_random, c.n_repeated, c.repeat_len, c.seed,
+                                  warn=data is not None)
         bar = Progress(len(inputs), f"positional heads on {model.model_id}", enabled=progress)
         stats = measure_head_statistics(model, inputs, batch_size=c.batch_size, padding_side=c.padding_side,
                                         progress=bar, window=c.window)

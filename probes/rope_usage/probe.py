@@ -51,15 +51,15 @@ DOPE_RANKS = (8, 32)
 
 @dataclass
 class RopeUsageConfig(HeadThresholds):
-    seq_len: int = option(128, min=8, help="tokens per sequence")
-    n_sequences: int = option(8, min=1, help="natural-text sequences")
-    taxonomy_len: int = option(128, min=8, help="tokens per sequence of the head-taxonomy passes (at most seq_len); "
+    seq_len: int = option(128, min=8, counts="tokens", help="tokens per sequence")
+    n_sequences: int = option(8, min=1, counts="sequences", help="natural-text sequences")
+    taxonomy_len: int = option(128, min=8, counts="tokens", help="tokens per sequence of the head-taxonomy passes (at most seq_len); "
                                "a longer seq_len gets its own natural-text pass for the frequency statistics")
-    n_random: int = option(8, min=2, help="random-token sequences for the head taxonomy (compared in pairs)")
-    n_repeated: int = option(4, min=1, help="repeated random sequences for the taxonomy's induction / duplicate scores")
-    repeat_len: int = option(32, min=2, help="length of the random half that is repeated")
+    n_random: int = option(8, min=2, counts="sequences", help="random-token sequences for the head taxonomy (compared in pairs)")
+    n_repeated: int = option(4, min=1, counts="sequences", help="repeated random sequences for the taxonomy's induction / duplicate scores")
+    repeat_len: int = option(32, min=2, max=65_536, help="length of the random half that is repeated")
     max_offset: int = option(32, min=0, help="d* (the offset where q ~ k is read) is the random-token profile's peak in 0..max_offset")
-    batch_size: int = option(4, min=1, help="sequences per forward (the random-token pass, compared in pairs, uses an even number, at least 2)")
+    batch_size: int = option(4, min=1, counts="batch", help="sequences per forward (the random-token pass, compared in pairs, uses an even number, at least 2)")
     high_freq_wavelength: float = option(32.0, min=0.0, help="pairs with a shorter wavelength (tokens) count as high frequency")
     position_free_rotation: float = option(math.pi / 8, min=0.0, help="a pair turning less than this (rad) across a span is position-free there")
     band_fractions: tuple[float, ...] = option((0.25,), min=0.0, max=1.0, help="p-RoPE bands evaluated (lowest and highest fraction)")
@@ -83,6 +83,7 @@ class RopeUsageProbe(Probe):
     name = "rope-usage"
     summary = "rotary frequency usage per head (energy, exact score shares, q ~ k, DoPE entropy), p-RoPE bands, base feasibility"
     Config = RopeUsageConfig
+    default_data_options = ("n_sequences",)
 
     @classmethod
     def not_applicable(cls, model):
@@ -107,7 +108,7 @@ class RopeUsageProbe(Probe):
         texts = pdata.natural_texts()[: c.n_sequences] if data is None else ([data] if isinstance(data, str) else list(data))
         head_len = min(c.seq_len, c.taxonomy_len)
         inputs = HeadInputs.build(model, texts, head_len, c.n_random, c.n_repeated, c.repeat_len, c.seed)
-        natural = pdata.natural_sequences(model, texts, c.seq_len)
+        natural = pdata.natural_sequences(model, texts, c.seq_len, warn=data is not None)
         natural = inputs.natural if natural == inputs.natural else natural
         model.check_lengths(natural)
         L = model.n_layers
