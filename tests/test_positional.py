@@ -129,22 +129,37 @@ def test_head_built_in_one_band_is_recovered_exactly(high_band_head):
 
 
 def test_energy_shares_against_raw_q(tiny_neox):
-    """q energy shares from the probe against |q|^2 read from the rotated q by hand (partial rotary:
-    half the head never rotates)."""
+    """q energy shares from the probe against |q_p|^2 / |q|^2 computed by hand from the rotated q
+    (partial rotary: half the head never rotates and gets its own share), per pair and per quarter
+    of frequencies, and against the unsquared norm shares the probe no longer reports."""
     from posbench.data import natural_sequences, natural_texts
 
     result = RopeUsageProbe(n_sequences=2, n_random=2, n_repeated=1, band_fractions=()).run(tiny_neox)
     tokens = natural_sequences(tiny_neox, natural_texts()[:2], 128)
     batch = tiny_neox.batch(tokens)
-    q = tiny_neox.run(batch, [Capture("q", "rot_q", lambda x, ctx: x.float(), layers=(1,))])["q"][1]
-    q = q[batch.attention_mask.bool()]  # [tokens, H, d]
+    layer = 1
+    q = tiny_neox.run(batch, [Capture("q", "rot_q", lambda x, ctx: x.float(), layers=(layer,))])["q"][layer]
+    q = q[batch.attention_mask.bool()].double()  # [tokens, H, d]
     P = tiny_neox.card.rotary_dims // 2
-    energy = torch.cat([rotary_pairs(q, P).square().sum(-1), q[..., 2 * P :].square().sum(-1, keepdim=True)], -1).sum(0)
-    share = energy / energy.sum(-1, keepdim=True)  # [H, P + 1]
+    pair_norm = torch.stack([torch.stack([q[..., p], q[..., p + P]], -1).norm(dim=-1) for p in range(P)], -1)
+    energy = torch.cat([pair_norm.square(), q[..., 2 * P :].square().sum(-1, keepdim=True)], -1).sum(0)  # [H, P + 1]
+    share = energy / q.square().sum(-1).sum(0)[:, None]  # shares of the head's |q|^2: they sum to 1
+    assert torch.allclose(share.sum(-1), torch.ones(len(share), dtype=share.dtype))
+    freq = tiny_neox.rotary_inv_freq(layer)
+    low, high = int(freq.argmin()), int(freq.argmax())  # 4 pairs: a quarter is one pair
     heads = result.tables["heads"]
-    mine = heads[heads.layer == 1].sort_values("head")
-    torch.testing.assert_close(torch.tensor(mine.q_energy_share_non_rotary.to_numpy()), share[:, P].double(),
-                               rtol=1e-4, atol=1e-5)
+    mine = heads[heads.layer == layer].sort_values("head")
+    for column, expected in (("q_energy_share_non_rotary", share[:, P]), ("q_energy_share_low_quarter", share[:, low]),
+                             ("q_energy_share_high_quarter", share[:, high])):
+        torch.testing.assert_close(torch.tensor(mine[column].to_numpy()), expected, rtol=1e-4, atol=1e-5)
+    hp = result.tables["head_pairs"]
+    hp = hp[hp.layer == layer].sort_values(["head", "pair"])
+    got = torch.tensor(hp.q_energy_share.to_numpy()).reshape(len(share), P)
+    torch.testing.assert_close(got, share[:, :P], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(hp.q_norm.to_numpy()).reshape(len(share), P),
+                               pair_norm.mean(0), rtol=1e-4, atol=1e-5)  # the unsquared mean pair norm, kept
+    unsquared = pair_norm.sum(0) / pair_norm.sum(0).sum(-1, keepdim=True)
+    assert (unsquared - share[:, :P] / share[:, :P].sum(-1, keepdim=True)).abs().max() > 0.01  # not the same thing
 
 
 # ----------------------------------------------------------------------------- interventions
