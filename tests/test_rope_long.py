@@ -20,6 +20,7 @@ def _hand_freq(base: float, dim: int, pair: int) -> float:
     return base ** (-2 * pair / dim)
 
 
+@pytest.mark.embedded
 @pytest.mark.parametrize("length", [128, 1000])
 def test_turn_over_the_evaluated_span_on_gemma(gemma, length):
     pairs = pair_table(gemma, length)
@@ -38,6 +39,7 @@ def test_turn_over_the_evaluated_span_on_gemma(gemma, length):
             assert sel.rotation_over_context[p] == pytest.approx(_hand_freq(base, d, p) * (context - 1), rel=1e-5)
 
 
+@pytest.mark.embedded
 def test_the_lowest_band_is_position_free_at_128_tokens_and_turns_at_4k(smollm2):
     """SmolLM2 (base 100k, 32 pairs): the lowest quarter is pairs 24-31; pair 24 turns
     100000^(-48/64) x (span - 1) rad: 0.023 at 128 tokens, 0.73 at 4096 (> pi/8)."""
