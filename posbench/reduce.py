@@ -95,7 +95,9 @@ def row_jsd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     out = []
     for r0, r1 in _row_chunks(p.shape[-2]):
         a, b = p[:, r0:r1], q[:, r0:r1]
-        m = 0.5 * (a + b)
+        # a denormal a (a sharply peaked softmax) would make m underflow to 0 and the KL +inf; its
+        # true contribution a * log(a / m) is ~1e-45
+        m = (0.5 * (a + b)).clamp(min=torch.finfo(a.dtype).tiny)
         kl_a = torch.special.xlogy(a, a) - torch.special.xlogy(a, m)
         kl_b = torch.special.xlogy(b, b) - torch.special.xlogy(b, m)
         out.append((0.5 * (kl_a + kl_b)).sum(-1).clamp(min=0) / math.log(2))
@@ -188,6 +190,25 @@ def chunked_nll(unembed, hidden: torch.Tensor, batch, chunk: int = 256) -> tuple
         total += float((nll * valid).sum())
         count += int(valid.sum())
     return total, count
+
+
+def nll_by_position(unembed, hidden: torch.Tensor, batch, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token NLL summed over the batch per *real-token* position of the predicted token's
+    context (position t predicts token t + 1): (sums [T-1], counts [T-1]), ``chunk`` positions
+    unembedded at a time. Left padding is undone with ``batch.offsets``."""
+    width = hidden.shape[1]
+    sums, counts = torch.zeros(max(width - 1, 0)), torch.zeros(max(width - 1, 0))
+    offsets = batch.offsets.cpu()
+    for c0 in range(0, width - 1, chunk):
+        c1 = min(width - 1, c0 + chunk)
+        logp = torch.log_softmax(unembed(hidden[:, c0:c1]), dim=-1)
+        target = batch.input_ids[:, c0 + 1 : c1 + 1]
+        nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).float().cpu()
+        valid = (batch.attention_mask[:, c0 + 1 : c1 + 1] * batch.attention_mask[:, c0:c1]).bool().cpu()
+        position = torch.arange(c0, c1)[None, :] - offsets[:, None]
+        sums.index_add_(0, position[valid], nll[valid])
+        counts.index_add_(0, position[valid], torch.ones(int(valid.sum())))
+    return sums, counts
 
 
 def nll_capture(name: str = "nll") -> "Capture":

@@ -78,8 +78,8 @@ def test_planted_previous_token_and_offset3_heads_found_and_nothing_else():
     plant_offset_head(model, head=0, offset=1)  # kv head 0
     plant_offset_head(model, head=2, offset=3)  # kv head 1
     heads = PositionalHeadsProbe(n_random=4, n_natural=4, n_repeated=2).run(model).tables["heads"]
-    flagged = heads[heads["class"].isin(["self", "previous-token", "fixed-offset", "local-window", "first-token"])]
-    found = {(int(r.layer), int(r["head"])): (r["class"], int(r.top_offset_random)) for _, r in flagged.iterrows()}
+    flagged = heads[heads[["self", "previous_token", "fixed_offset", "local_window", "sink"]].any(axis=1)]
+    found = {(int(r.layer), int(r.head)): (r.primary, int(r.offset)) for r in flagged.itertuples()}
     assert found == {(0, 0): ("previous-token", 1), (0, 2): ("fixed-offset", 3)}
     planted = heads[(heads.layer == 0) & heads["head"].isin([0, 2])]
     assert (planted.top_score_random > 0.95).all() and (planted.content_invariance > 0.99).all()
@@ -95,6 +95,71 @@ def test_planted_single_pair_carries_the_score():
     mine = hp[(hp.layer == 0) & (hp["head"] == 1)].set_index("pair")
     assert mine.top_key_share[0] > 0.99 and mine.score_share[0] > 0.99
     assert mine.q_norm.drop(0).abs().max() < 1e-6
+    assert mine.q_energy_share[0] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def high_band_head():
+    """tiny-llama with layer-0 head 1 a previous-token head built only in the highest quarter of
+    frequencies (pairs 0-1 of 8), q ~ k there by construction."""
+    model = posbench.load_model("tiny-llama")
+    plant_offset_head(model, head=1, offset=1, strength=6.0, pairs=[0, 1])
+    return model, RopeUsageProbe(n_sequences=4, n_random=4, n_repeated=2).run(model)
+
+
+def test_head_built_in_one_band_is_recovered_exactly(high_band_head):
+    model, result = high_band_head
+    heads = result.tables["heads"].set_index(["layer", "head"])
+    mine = heads.loc[(0, 1)]
+    assert mine.primary == "previous-token" and mine.qk_offset == 1
+    assert mine.q_energy_share_high_quarter == pytest.approx(1.0, abs=1e-6)
+    assert mine.k_energy_share_high_quarter == pytest.approx(1.0, abs=1e-6)
+    assert mine.q_energy_share_low_quarter == pytest.approx(0.0, abs=1e-6)
+    # q ~ k by construction: q_i and k_{i-1} parallel in the planted band, score = Cauchy-Schwarz bound
+    assert mine.qk_cos_high == pytest.approx(1.0, abs=1e-5)
+    assert mine.qk_bound_ratio_high == pytest.approx(1.0, abs=1e-5)
+    assert mine.qk_bound_ratio_all == pytest.approx(1.0, abs=1e-5) and mine.qk_score == pytest.approx(mine.qk_bound, rel=1e-5)
+    assert math.isnan(mine.qk_cos_low)  # the low band is empty: no direction to compare
+    offset_heads = result.tables["heads"][result.tables["heads"].primary.isin(["self", "previous-token", "fixed-offset"])]
+    assert [(int(r.layer), int(r.head)) for r in offset_heads.itertuples()] == [(0, 1)]
+    # p-RoPE band test: the head lives in the highest band, so freeing the lowest one leaves it exactly
+    effects = result.tables["band_effects"].set_index("condition")
+    assert effects.delta_positional_score["position-free lowest 0.25"] == pytest.approx(0.0, abs=1e-6)
+    assert effects.delta_positional_score["position-free highest 0.25"] < -0.5
+
+
+def test_energy_shares_against_raw_q(tiny_neox):
+    """q energy shares from the probe against |q_p|^2 / |q|^2 computed by hand from the rotated q
+    (partial rotary: half the head never rotates and gets its own share), per pair and per quarter
+    of frequencies, and against the unsquared norm shares the probe no longer reports."""
+    from posbench.data import natural_sequences, natural_texts
+
+    result = RopeUsageProbe(n_sequences=2, n_random=2, n_repeated=1, band_fractions=()).run(tiny_neox)
+    tokens = natural_sequences(tiny_neox, natural_texts()[:2], 128)
+    batch = tiny_neox.batch(tokens)
+    layer = 1
+    q = tiny_neox.run(batch, [Capture("q", "rot_q", lambda x, ctx: x.float(), layers=(layer,))])["q"][layer]
+    q = q[batch.attention_mask.bool()].double()  # [tokens, H, d]
+    P = tiny_neox.card.rotary_dims // 2
+    pair_norm = torch.stack([torch.stack([q[..., p], q[..., p + P]], -1).norm(dim=-1) for p in range(P)], -1)
+    energy = torch.cat([pair_norm.square(), q[..., 2 * P :].square().sum(-1, keepdim=True)], -1).sum(0)  # [H, P + 1]
+    share = energy / q.square().sum(-1).sum(0)[:, None]  # shares of the head's |q|^2: they sum to 1
+    assert torch.allclose(share.sum(-1), torch.ones(len(share), dtype=share.dtype))
+    freq = tiny_neox.rotary_inv_freq(layer)
+    low, high = int(freq.argmin()), int(freq.argmax())  # 4 pairs: a quarter is one pair
+    heads = result.tables["heads"]
+    mine = heads[heads.layer == layer].sort_values("head")
+    for column, expected in (("q_energy_share_non_rotary", share[:, P]), ("q_energy_share_low_quarter", share[:, low]),
+                             ("q_energy_share_high_quarter", share[:, high])):
+        torch.testing.assert_close(torch.tensor(mine[column].to_numpy()), expected, rtol=1e-4, atol=1e-5)
+    hp = result.tables["head_pairs"]
+    hp = hp[hp.layer == layer].sort_values(["head", "pair"])
+    got = torch.tensor(hp.q_energy_share.to_numpy()).reshape(len(share), P)
+    torch.testing.assert_close(got, share[:, :P], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(hp.q_norm.to_numpy()).reshape(len(share), P),
+                               pair_norm.mean(0), rtol=1e-4, atol=1e-5)  # the unsquared mean pair norm, kept
+    unsquared = pair_norm.sum(0) / pair_norm.sum(0).sum(-1, keepdim=True)
+    assert (unsquared - share[:, :P] / share[:, :P].sum(-1, keepdim=True)).abs().max() > 0.01  # not the same thing
 
 
 # ----------------------------------------------------------------------------- interventions
@@ -147,6 +212,107 @@ def test_zero_band_equals_q_k_rows_zeroed_by_hand(request, fixture):
     torch.testing.assert_close(edited, by_hand, rtol=0, atol=1e-5)
 
 
+def test_zero_band_equals_q_k_norm_outputs_zeroed_by_hand_on_gemma(gemma):
+    """Gemma 3 normalises q and k (RMSNorm) before RoPE: zeroing W_q/W_k rows would change that
+    normalisation, so the hand edit that rope-zero-band must equal zeroes the dims of the
+    q_norm / k_norm *outputs* (a forward hook on the HF modules)."""
+    batch = gemma.batch(gemma.tokenize(["Which rotary bands matter?"]))
+    pairs, layer = [0, 3, 100], 5
+    with gemma.intervene(RopeBandZero(pairs=pairs, layers=[layer])):
+        edited = gemma.forward(batch)
+    attn = gemma.hf_model.model.layers[layer].self_attn
+    P = gemma.card.rotary_dims // 2
+    dims = pairs + [p + P for p in pairs]
+
+    def zero(module, args, out):
+        out = out.clone()
+        out[..., dims] = 0.0
+        return out
+
+    hooks = [getattr(attn, name).original_component.register_forward_hook(zero) for name in ("q_norm", "k_norm")]
+    try:
+        by_hand = gemma.forward(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(edited, by_hand, rtol=0, atol=1e-5)
+    assert (edited - gemma.forward(batch)).abs().max() > 1e-3  # it did change something
+
+
+def _captured_rot(model, seqs, site):
+    """Rotated q or k of every real token, per layer: {layer: [heads, tokens, d]} (a plain capture)."""
+    batch = model.batch(seqs)
+    out = model.run(batch, [Capture(site, site, lambda x, ctx: x.float())])[site]
+    keep = batch.attention_mask.bool()
+    return {layer: x[keep].transpose(0, 1) for layer, x in out.items()}
+
+
+def test_dope_tables_equal_one_shot_entropy_of_captured_keys(tiny_llama):
+    from posbench.data import natural_sequences, natural_texts
+    from posbench.rope_theory.dope import band_entropy, head_entropy
+
+    result = RopeUsageProbe(n_sequences=3, seq_len=48, n_random=2, n_repeated=1, band_fractions=()).run(tiny_llama)
+    keys = _captured_rot(tiny_llama, natural_sequences(tiny_llama, natural_texts()[:3], 48), "rot_k")
+    bands, heads = result.tables["dope_bands"], result.tables["dope_heads"]
+    for layer, k in keys.items():
+        expected = band_entropy(k, tiny_llama.n_pairs)  # [Hkv, P], one shot on all tokens
+        mine = bands[(bands.indicator == "k") & (bands.layer == layer)].sort_values(["head", "band"])
+        torch.testing.assert_close(torch.tensor(mine.entropy.to_numpy()).reshape(expected.shape), expected.double(),
+                                   rtol=1e-6, atol=1e-6)
+        h = heads[(heads.indicator == "k") & (heads.layer == layer)].sort_values("head")
+        torch.testing.assert_close(torch.tensor(h.entropy.to_numpy()), head_entropy(expected).double(), rtol=1e-6, atol=1e-6)
+
+
+def test_dope_intervention_is_the_independent_selection_applied_by_rope_zero_band(tiny_llama):
+    """Heads ranked by the entropy of keys captured by hand, DoPE's masks for them, applied as
+    rope-zero-band specs: the same selection and the same logits as the dope intervention."""
+    import pandas as pd
+
+    from posbench.data import natural_sequences, natural_texts
+    from posbench.interventions.dope import Dope
+    from posbench.registry import parse_intervention
+    from posbench.rope_theory.dope import band_entropy, dope_masks, head_entropy, select_heads
+
+    keys = _captured_rot(tiny_llama, natural_sequences(tiny_llama, natural_texts()[:8], 128), "rot_k")
+    table = pd.DataFrame([{"layer": layer, "head": h, "indicator": "k", "entropy": float(e)}
+                          for layer, k in keys.items() for h, e in enumerate(head_entropy(band_entropy(k, tiny_llama.n_pairs)))])
+    masks = dope_masks(select_heads(table, 2, "entropy", "asc"), "by-parts", tiny_llama.card)
+    batch = tiny_llama.batch(tiny_llama.tokenize(["DoPE masks the coherent low bands.", "Hi"]), "left")
+    iv = Dope(heads=2, variant="by-parts")
+    with tiny_llama.intervene(iv):
+        dope_logits = tiny_llama.forward(batch)
+    assert [(m.layer, m.heads, m.pairs) for m in iv.masks] == [(m.layer, m.heads, m.pairs) for m in masks]
+    assert iv.describe()["params"]["masks"] == [m.intervention_spec() for m in masks]
+    with tiny_llama.intervene(*[parse_intervention("rope-zero-band:" + m.intervention_spec()) for m in masks]):
+        by_specs = tiny_llama.forward(batch)
+    torch.testing.assert_close(dope_logits, by_specs, rtol=0, atol=1e-6)
+    assert (dope_logits - tiny_llama.forward(batch)).abs().max() > 1e-4
+    every_pair = Dope(heads=2, variant="by-all")
+    with tiny_llama.intervene(every_pair):
+        assert all(m.pairs == tuple(range(tiny_llama.n_pairs)) and m.mode == "zero" for m in every_pair.masks)
+    noise = Dope(heads=2, variant="by-gaussian")  # seeded: the same noise on every forward
+    with tiny_llama.intervene(noise):
+        first, second = tiny_llama.forward(batch), tiny_llama.forward(batch)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert (first - by_specs).abs().max() > 1e-4
+
+
+def test_dope_specs_and_errors(tiny_gpt2):
+    from posbench.registry import parse_intervention
+
+    iv = parse_intervention("dope:heads=5;variant=by-gaussian;metric=trunc_rank_8;order=desc;indicator=q")
+    assert (iv.heads, iv.variant, iv.metric, iv.order, iv.indicator) == (5, "by-gaussian", "trunc_rank_8", "desc", "q")
+    with pytest.raises(PosbenchError, match="bad option variant='by-some' for intervention 'dope'"):
+        parse_intervention("dope:variant=by-some")
+    with pytest.raises(PosbenchError, match="unknown option 'head' for intervention 'dope'"):
+        parse_intervention("dope:head=3")
+    with pytest.raises(PosbenchError, match="bad option metric='rank'.*not a known head score"):
+        parse_intervention("dope:metric=rank")
+    with pytest.raises(PosbenchError, match="dope needs a RoPE model"):
+        with tiny_gpt2.intervene(parse_intervention("dope:heads=1")):
+            pass
+
+
 def test_band_intervention_errors_and_specs(tiny_gpt2, tiny_llama, tiny_neox):
     from posbench.registry import parse_intervention
 
@@ -190,36 +356,55 @@ def embedded_positional(embedded):
 def test_previous_token_heads_on_embedded_models(embedded_positional):
     model, pos, _ = embedded_positional
     heads = pos.tables["heads"]
-    prev = heads[heads["class"] == "previous-token"]
+    prev = heads[heads.primary == "previous-token"]
     assert len(prev) >= 2, "both models have previous-token heads"
     assert (prev.content_invariance > heads.content_invariance.median()).all()
     assert prev.pds.mean() > heads.pds.mean() + 0.2
-    assert (heads["class"] == "first-token").mean() > 0.5  # sinks dominate, as the sink probe says
+    assert heads.sink.mean() > 0.5  # sinks dominate, as the sink probe says
+    # a sink trait no longer hides a mechanism: every induction head is labelled induction, and
+    # (on both models) sinks too
+    induction = heads[heads.induction]
+    assert len(induction) >= 3 and (induction.primary == "induction").all() and induction.sink.mean() > 0.5
 
 
 @pytest.mark.embedded
 def test_rope_usage_against_barbero_et_al(embedded_positional):
-    """Round and Round We Go (Gemma-7B): q/k norm sits in the low frequencies; positional heads
-    draw their score from the high frequencies; p-RoPE can drop the lowest band, not the highest."""
-    model, _, rope = embedded_positional
+    """Round and Round We Go (Gemma-7B): q energy sits in the low frequencies; positional heads
+    draw their score from the high frequencies with q ~ k there; at 128 tokens p-RoPE can drop
+    the lowest band (which barely turns over that span), not the highest."""
+    model, pos, rope = embedded_positional
     s, heads, effects = rope.summary, rope.tables["heads"], rope.tables["band_effects"].set_index("condition")
-    assert s["q_norm_share_lowest_quarter"] > s["q_norm_share_highest_quarter"]
-    pos, content, sink = (heads[heads.kind == k].top_key_share_high_freq.mean() for k in ("positional", "content", "sink"))
-    assert pos > 2 * content and content > sink
+    assert s["q_energy_share_lowest_quarter"] > 1.3 * s["q_energy_share_highest_quarter"]
+    # the same taxonomy as positional-heads (same function on the same kind of data)
+    assert heads.primary.value_counts().idxmax() == pos.tables["heads"].primary.value_counts().idxmax() == "sink"
+    offset = heads[heads.primary.isin(["self", "previous-token", "fixed-offset"])]
+    content, sink = (heads[heads.primary == k].top_key_share_high_freq.mean() for k in ("content", "sink"))
+    assert offset.top_key_share_high_freq.mean() > 2 * content and content > sink
+    # q ~ k in the high band at the head's own offset, more than other heads and than in the low band
+    others = heads[~heads.primary.isin(["self", "previous-token", "fixed-offset", "local-window"])]
+    assert offset.qk_cos_high.mean() > others.qk_cos_high.mean() + 0.15
+    assert offset.qk_cos_high.mean() > offset.qk_cos_low.mean() + 0.2
+    # DoPE: low-entropy (coherent) outlier bands are mostly the slow ones, which cannot turn far in
+    # 128 tokens (measured: SmolLM2 0.79, Gemma above 0.9)
+    assert s["dope_outliers_in_low_frequency_half"] > 0.75
     low, high = effects.delta_loss["position-free lowest 0.25"], effects.delta_loss["position-free highest 0.25"]
     assert abs(low) < 0.01 and high > 0.5
     assert effects.delta_positional_score["position-free highest 0.25"] < -0.2
+    assert effects.max_turn_over_span["position-free lowest 0.25"] < 0.2  # why the lowest band is free here
 
 
 @pytest.mark.embedded
 def test_gemma_sliding_layers_make_low_frequencies_position_free(gemma):
-    result = RopeUsageProbe(n_sequences=1, band_fractions=()).run(gemma)
+    result = RopeUsageProbe(n_sequences=1, n_random=2, n_repeated=1, band_fractions=()).run(gemma)
     pairs = result.tables["pairs"]
     sliding, full = pairs[pairs.layer == 0], pairs[pairs.layer == 5]
-    assert (sliding.span == 512).all() and (sliding.rope_base == 1e4).all() and (full.rope_base == 1e6).all()
+    assert (sliding.context_span == 512).all() and (sliding.rope_base == 1e4).all() and (full.rope_base == 1e6).all()
     # a 10k-base pair whose wavelength far exceeds 512 tokens barely turns inside the window
-    assert sliding[sliding.wavelength > 16 * 512].position_free_in_span.all()
-    assert sliding.position_free_in_span.sum() > 20
+    assert sliding[sliding.wavelength > 16 * 512].position_free_in_context.all()
+    assert sliding.position_free_in_context.sum() > 20
+    assert (sliding.span == 128).all()  # the evaluated span: 128 tokens, inside the window
+    feasibility = result.tables["base_feasibility"]
+    assert feasibility.feasible.all() and set(feasibility.span) == {512, 32768}
 
 
 MEMORY_RUN = textwrap.dedent(
@@ -230,7 +415,8 @@ MEMORY_RUN = textwrap.dedent(
     model = posbench.load_model("gemma-3-270m")
     model.run(model.batch(model.tokenize(["warm up"])))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    RopeUsageProbe(seq_len=4096, n_sequences=1, batch_size=1, band_fractions=()).run(model, data=[" ".join(natural_texts())])
+    probe = RopeUsageProbe(seq_len=4096, n_sequences=1, n_random=2, n_repeated=1, batch_size=1, band_fractions=())
+    probe.run(model, data=[" ".join(natural_texts())])
     print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base)
     """
 )

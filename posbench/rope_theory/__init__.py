@@ -5,7 +5,8 @@
   arXiv:2602.10959), per distinct (layer kind, base, span) of a ``ModelCard``.
 * ``dope``: DoPE's per-band matrix entropy and truncated effective rank of rotated q/k
   (Xiong et al. 2025, arXiv:2511.09146), a fold-over-batches accumulator, band outliers, and
-  DoPE's head/band masking selection as plain data for ``rope-zero-band``.
+  DoPE's head/band masking selection as plain data for ``rope-zero-band`` (applied by the ``dope``
+  intervention); ``gram_capture`` folds the Gram sums while hooks fire.
 
 Definitions, provenance and the numbers for the embedded models: docs/rope-theory.md.
 """
@@ -36,8 +37,10 @@ from .dope import (
     band_grams_from_gram,
     dope_masks,
     gram,
+    gram_capture,
     head_entropy,
     head_score_table,
+    merge_grams,
     outlier_bands,
     select_heads,
     spectral_share,
@@ -50,7 +53,7 @@ __all__ = [
     "feasibility_figure", "lowest_frequency", "machine_epsilon", "max_feasible_context",
     "precision_bound", "rope_inv_freq",
     "BandMask", "GramAccumulator", "GramSummary", "band_entropy", "band_entropy_from_gram",
-    "band_entropy_table", "band_gram", "band_grams_from_gram", "dope_masks", "gram", "head_entropy",
-    "head_score_table", "outlier_bands", "select_heads", "spectral_share", "truncated_effective_rank",
+    "band_entropy_table", "band_gram", "band_grams_from_gram", "dope_masks", "gram", "gram_capture", "head_entropy",
+    "head_score_table", "merge_grams", "outlier_bands", "select_heads", "spectral_share", "truncated_effective_rank",
     "truncated_effective_rank_from_gram",
 ]

@@ -53,6 +53,7 @@ import torch
 
 from ..card import ModelCard
 from ..reduce import rotary_pairs
+from ..sites import Capture, Context
 from .base_bounds import rope_inv_freq
 
 LOG2 = math.log(2.0)
@@ -245,6 +246,27 @@ class GramAccumulator:
             band = band_grams_from_gram(self._gram, self.n_pairs)
             return GramSummary(self.n_tokens, self.n_pairs, band, self._gram)
         return GramSummary(self.n_tokens, self.n_pairs, self._band, None)
+
+
+def gram_capture(site: str) -> Capture:
+    """Fold DoPE's Gram sums of ``rot_q`` or ``rot_k`` while hooks fire, as a pure reduction: one
+    ``GramAccumulator`` (float64, padding dropped, full d x d) per batch and layer, for the caller
+    to ``merge`` (Gram sums are additive). Its name is ``gram_<site>``."""
+
+    def reduce(x: torch.Tensor, ctx: Context) -> GramAccumulator:
+        return GramAccumulator(x.shape[2], ctx.facts.d_head, ctx.facts.n_pairs, full=True).update_hook(
+            x, ctx.batch.attention_mask)
+
+    return Capture(f"gram_{site}", site, reduce)
+
+
+def merge_grams(outputs, name: str) -> dict[int, GramAccumulator]:
+    """Per layer, the merged accumulators of capture ``name`` over a list of run outputs."""
+    merged: dict[int, GramAccumulator] = {}
+    for out in outputs:
+        for layer, acc in out[name].items():
+            merged[layer] = acc if layer not in merged else merged[layer].merge(acc)
+    return merged
 
 
 # ---------------------------------------------------------------------------- tables
@@ -447,6 +469,6 @@ def dope_masks(
 __all__ = [
     "LOG2", "VARIANTS", "band_gram", "band_entropy_from_gram", "band_entropy", "head_entropy", "gram",
     "truncated_effective_rank_from_gram", "truncated_effective_rank", "spectral_share", "band_grams_from_gram",
-    "GramSummary", "GramAccumulator", "band_entropy_table", "head_score_table", "outlier_bands",
-    "BandMask", "select_heads", "dope_masks",
+    "GramSummary", "GramAccumulator", "gram_capture", "merge_grams", "band_entropy_table", "head_score_table",
+    "outlier_bands", "BandMask", "select_heads", "dope_masks",
 ]

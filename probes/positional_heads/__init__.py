@@ -1,15 +1,6 @@
-"""Positional heads: the probe (``probe.py``) and its view (``views.py``)."""
+"""Positional heads: the probe (``probe.py``) and its view (``views.py``). The statistics live in
+``posbench.head_statistics`` and the taxonomy in ``posbench.heads`` (shared with other probes)."""
 
-from .probe import (
-    POSITIONAL_CLASSES,
-    OffsetProfile,
-    PairedRowJSD,
-    PositionalHeadsConfig,
-    PositionalHeadsProbe,
-    PositionDependence,
-    RepeatScores,
-    classify,
-)
+from .probe import PositionalHeadsConfig, PositionalHeadsProbe
 
-__all__ = ["POSITIONAL_CLASSES", "OffsetProfile", "PairedRowJSD", "PositionDependence", "PositionalHeadsConfig",
-           "PositionalHeadsProbe", "RepeatScores", "classify"]
+__all__ = ["PositionalHeadsConfig", "PositionalHeadsProbe"]

@@ -1,27 +1,28 @@
-"""How a positional-heads result is shown: PDS and content-invariance maps, head classes,
-offset profiles of the positional heads, and the head-class reading tables."""
+"""How a positional-heads result is shown: PDS and content-invariance maps, primary labels and
+traits (``posbench.heads``), offset profiles of the positional heads, and the reading tables."""
 
 from __future__ import annotations
 
+from posbench.heads import LABELS, POSITIONAL_LABELS, label_table, primary_figure
 from posbench.protocols import ProbeResult
 from posbench.views import Finding, ProbeView
-
-from .probe import POSITIONAL_CLASSES
 
 
 _COLUMNS = {
     "kv_head": "KV head", "top_offset_random": "top offset (tokens)", "top_score_random": "P(top offset), random",
     "top_score_natural": "P(top offset), natural", "content_invariance": "content invariance", "pds": "PDS",
-    "first_token_mass": "first-token mass", "induction_score": "induction score", "duplicate_score": "duplicate score",
+    "alpha0_natural": "first-token mass alpha_0", "induction_score": "induction score", "duplicate_score": "duplicate score",
 }
 
 
 class PositionalHeadsView(ProbeView):
     probe = "positional-heads"
     labels = (
-        (r"heads_(.+)", "{0} heads (count)"),
-        (r"induction_heads", "induction heads (count, score ≥ 0.3)"),
-        (r"positional_heads", "positional heads (layer, head: class)"),
+        (r"heads_(.+)", "heads with the {0} trait (count)"),
+        (r"primary_(.+)", "heads whose primary label is {0} (count)"),
+        (r"induction_heads", "induction heads (layer, head: primary label; score ≥ 0.3)"),
+        (r"positional_heads", "positional heads (layer, head: primary label(offset))"),
+        (r"sink_and_mechanism_heads", "heads with a mechanism label that are sinks too (count)"),
         (r"mean_pds", "mean position-dependence score (0-1)"),
         (r"mean_content_invariance", "mean content invariance on random tokens (0-1)"),
     )
@@ -30,17 +31,17 @@ class PositionalHeadsView(ProbeView):
     def finding(cls, result: ProbeResult) -> Finding:
         heads = result.tables["heads"]
         n = len(heads)
-        counts = heads["class"].value_counts()
-        order = ("first-token", "previous-token", "self", "fixed-offset", "local-window", "content", "diffuse")
-        classes = ", ".join(f"{int(counts.get(k, 0))} {k}" for k in order)
-        sentences = [f"Of {n} heads: {classes}; {int(heads.induction.sum())} induction heads."]
-        prev = heads[heads["class"] == "previous-token"].sort_values("top_score_random", ascending=False)
+        counts = heads["primary"].value_counts()
+        classes = ", ".join(f"{int(counts.get(k, 0))} {k}" for k in LABELS)
+        sentences = [f"Of {n} heads, by primary label: {classes}; {int(heads.sink.sum())} carry the sink trait, "
+                     f"{int(heads.induction.sum())} the induction trait."]
+        prev = heads[heads["primary"] == "previous-token"].sort_values("top_score_random", ascending=False)
         if len(prev):
             top = prev.iloc[0]
             sentences.append(
                 f"Strongest previous-token head L{int(top.layer)}H{int(top['head'])}: P(1) = {top.top_score_random:.2f} on "
                 f"random tokens, {top.top_score_natural:.2f} on natural text (first token removed).")
-        positional = heads[heads["class"].isin(POSITIONAL_CLASSES)]
+        positional = heads[heads["primary"].isin(POSITIONAL_LABELS)]
         if len(positional):
             sentences.append(f"Positional heads sit in layers {', '.join(map(str, sorted(set(positional.layer.astype(int)))))}; "
                              f"mean position-dependence score {heads.pds.mean():.2f} over all heads, "
@@ -61,13 +62,13 @@ class PositionalHeadsView(ProbeView):
     @classmethod
     def reading_tables(cls, result: ProbeResult):
         heads = result.tables["heads"]
-        cols = ["layer", "head", "kv_head", "class", "top_offset_random", "top_score_random", "top_score_natural",
-                "content_invariance", "pds", "first_token_mass"]
-        positional = heads[heads["class"].isin(POSITIONAL_CLASSES)][cols].round(3).rename(columns=_COLUMNS)
-        induction = (heads[heads.induction][["layer", "head", "kv_head", "induction_score", "duplicate_score", "class"]]
-                     .round(3).rename(columns=_COLUMNS))
-        counts = heads["class"].value_counts().rename_axis("class").reset_index(name="heads")
-        return {"head classes": counts, "positional heads": positional, "induction heads": induction}
+        cols = ["layer", "head", "kv_head", "primary", "traits", "offset", "top_score_random", "top_score_natural",
+                "content_invariance", "pds", "alpha0_natural"]
+        positional = heads[heads.primary.isin(POSITIONAL_LABELS)][cols].round(3)
+        induction = heads[heads.induction][["layer", "head", "kv_head", "induction_score", "duplicate_score", "alpha0_natural",
+                                            "primary", "traits"]].round(3)
+        return {"labels (primary: one per head; trait: every head that has it)": label_table(heads),
+                "positional heads": positional, "induction heads": induction}
 
     @classmethod
     def figures(cls, result: ProbeResult):
@@ -82,16 +83,11 @@ class PositionalHeadsView(ProbeView):
             grid = heads.pivot(index="layer", columns="head", values=col)
             figs[col] = px.imshow(grid, origin="lower", aspect="auto", zmin=0, zmax=1, color_continuous_scale=scale,
                                   labels={"x": "head", "y": "layer", "color": col}, title=title).update_xaxes(dtick=1)
-        figs["classes"] = px.scatter(
-            heads, x="head", y="layer", color="class", symbol="class",
-            hover_data=["kv_head", "top_offset_random", "top_score_random", "pds", "content_invariance",
-                        "first_token_mass", "induction_score"],
-            title="Head classes (first-token heads are set aside before the positional tests)",
-        ).update_traces(marker={"size": 12})
+        figs["classes"] = primary_figure(heads, "Primary label per head (mechanisms before sink; hover: every trait)")
         off = result.tables["offset_profile"]
-        positional = heads[heads["class"].isin(POSITIONAL_CLASSES)]
+        positional = heads[heads.primary.isin(POSITIONAL_LABELS)]
         pick = positional if len(positional) else heads.nlargest(6, "top_score_random")
-        keys = {(int(r.layer), int(r["head"])) for _, r in pick.head(12).iterrows()}
+        keys = {(int(r.layer), int(r.head)) for r in pick.head(12).itertuples()}
         sel = off[[(l, h) in keys for l, h in zip(off.layer, off["head"])]].copy()
         sel["head_id"] = [f"L{l}H{h} ({i})" for l, h, i in zip(sel.layer, sel["head"], sel["input"])]
         figs["offset_curves"] = px.line(
@@ -99,8 +95,8 @@ class PositionalHeadsView(ProbeView):
             title="Offset profiles P(d) of the positional heads (first token removed, rows renormalised)",
         )
         figs["pds_vs_ci"] = px.scatter(
-            heads, x="content_invariance", y="pds", color="class",
-            hover_data=["layer", "head"], title="Content invariance vs position dependence",
+            heads, x="content_invariance", y="pds", color="primary",
+            hover_data=["layer", "head", "traits"], title="Content invariance vs position dependence",
         )
         return figs
 
@@ -113,10 +109,10 @@ class PositionalHeadsView(ProbeView):
         rows = []
         for model, r in results.items():
             heads = r.tables["heads"]
-            share = heads["class"].value_counts(normalize=True)
-            rows += [{"model": model, "class": k, "share of heads": float(v), "heads": int((heads["class"] == k).sum())}
+            share = heads["primary"].value_counts(normalize=True)
+            rows += [{"model": model, "primary label": k, "share of heads": float(v), "heads": int((heads["primary"] == k).sum())}
                      for k, v in share.items()]
         frame = pd.DataFrame(rows)
         return {"head_classes_by_model": px.bar(
-            frame, x="class", y="share of heads", color="model", barmode="group", hover_data=["heads"],
-            title="Heads by class (share of each model's heads)")}
+            frame, x="primary label", y="share of heads", color="model", barmode="group", hover_data=["heads"],
+            title="Heads by primary label (share of each model's heads)")}

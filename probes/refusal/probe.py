@@ -99,6 +99,7 @@ def stop_ids(model) -> list[int]:
 class RefusalProbe(Probe):
     name = "refusal"
     summary = "refusal direction and probes per layer, refusal trace and cliff, refusal-suppressing heads, ablation loop"
+    reported = False  # ~30 min per model on a CPU at the default sizes: `posbench report --suite full`
     Config = RefusalConfig
     tags = ("representation", "behavioural")
     data_help = ('a .jsonl of {"instruction": ..., "label": "harmful"|"harmless"} rows '

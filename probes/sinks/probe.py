@@ -27,6 +27,7 @@ import torch
 from posbench import data as pdata
 from posbench.batching import run_batches
 from posbench.errors import BadOptionError, EmptyDataError, PosbenchWarning
+from posbench.heads import sink_trait
 from posbench.options import option
 from posbench.progress import Progress
 from posbench.protocols import Probe
@@ -291,11 +292,30 @@ class SinkProbe(Probe):
                 columns=["input", "layer", "position", "max_abs", "ratio_to_median", "top_dim"],
             ),
         }
+        heads = self._heads_table(model, kind_mass)
+        if heads is not None:
+            tables["heads"] = heads
         if variants:
             tables["first_token"], data_record["first_token"] = self._first_token_table(model, variants, bar)
         bar.close()
         summary = self._summary(model, tables)
         return tables, summary, data_record
+
+    def _heads_table(self, model, kind_mass) -> pd.DataFrame | None:
+        """Per head: alpha_0 on each input kind and the taxonomy's ``sink`` trait
+        (``posbench.heads.sink_trait``: alpha_0 > epsilon on natural text and on random tokens)."""
+        alpha = {kind: mass[:, :, :, 0].mean(0) for kind, mass in kind_mass.items()}  # [L, H]
+        natural = alpha.get("natural", alpha.get("custom"))
+        if natural is None:
+            return None
+        L, H = natural.shape
+        table = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
+                              "kv_head": [model.card.kv_head_of(h) for h in range(H)] * L})
+        for kind, a in alpha.items():
+            table[f"alpha0_{kind}"] = a.reshape(-1)
+        random = alpha["random"].reshape(-1) if "random" in alpha else None
+        table["sink"] = sink_trait(natural.reshape(-1), random, self.config.epsilon)
+        return table
 
     def _massive_rows(self, kind, resid):
         c = self.config
@@ -359,6 +379,8 @@ class SinkProbe(Probe):
             out[f"sink_rate_{kind}_pct"] = round(100 * float(k0.sink_rate.mean()), 2)
             out[f"mean_first_mass_{kind}_layers2+"] = round(float(lk.mean_mass.mean()), 4)
             out[f"share_heads_majority_first_{kind}_layers2+"] = round(float((lk.mean_mass > 0.5).mean()), 4)
+        if "heads" in tables:
+            out["sink_heads"] = int(tables["heads"].sink.sum())
         mt = tables["massive_top"]
         if len(mt):
             best = mt.loc[mt.ratio.idxmax()]

@@ -81,6 +81,14 @@ class SinksView(ProbeView):
         return Finding(sentences, published, verdict, ["Gu et al. 2025", "Sun et al. 2024"])
 
     @classmethod
+    def reading_tables(cls, result: ProbeResult):
+        if "heads" not in result.tables:
+            return {}
+        heads = result.tables["heads"]
+        per_layer = heads.groupby("layer").agg(sink_heads=("sink", "sum"), heads=("head", "size")).reset_index()
+        return {"sink heads per layer (taxonomy trait: alpha_0 > epsilon on natural text and random tokens)": per_layer}
+
+    @classmethod
     def figures(cls, result: ProbeResult):
         import plotly.express as px
         import plotly.graph_objects as go

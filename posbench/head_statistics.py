@@ -1,0 +1,270 @@
+"""The per-head statistics the head taxonomy (``posbench.heads``) reads, folded while hooks fire.
+
+Three passes, each an ``AttentionCapture`` fold over query-row chunks (never a T x T matrix):
+
+* random-token sequences: offset profile P(d) (sink-free: key 0 dropped, rows renormalised),
+  alpha_0, and content invariance CI = 1 - mean JSD between pairs of different random sequences;
+* natural text: offset profile, alpha_0 and the position-dependence score PDS against the
+  random-token profile (see docs/positional-heads.md);
+* ``[BOS] r r`` (r random): duplicate-token and induction scores (Olsson et al. 2022; the
+  TransformerLens head detector's patterns).
+
+alpha_0 is Gu et al.'s first-key mass, sum over queries t >= 0 of A[t, 0] / T, **query 0
+included** (its A[0, 0] is always 1), exactly as the sinks probe's ``KeyMass``, so the two agree
+on the same sequences. Probes that group heads call ``measure_head_statistics`` and hand its table
+to ``posbench.heads.head_traits``; a probe may fold its own captures into the natural pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import torch
+
+from . import data as pdata
+from .batching import run_batches
+from .progress import NO_PROGRESS
+from .reduce import offset_counts, offset_sums_rows, position_dependence_rows, row_jsd
+from .sites import AttentionCapture, AttentionStatistic, Capture, Context
+
+
+# ---------------------------------------------------------------------------- folds
+class OffsetProfile(AttentionStatistic):
+    """Per sequence: offset sums [H, width] and counts [width] of the renormalised rows (key 0
+    dropped), and alpha_0 [H] (first-key mass over all queries, query 0 included)."""
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def start(self, ctx: Context):
+        return {}
+
+    def update(self, state, rows, start, ctx):
+        for b, block, first in ctx.sequence_rows(rows, start):
+            st = state.setdefault(b, {"sums": 0.0, "first": 0.0})
+            st["sums"] = st["sums"] + offset_sums_rows(block, first, min(self.width, block.shape[-1]))
+            st["first"] = st["first"] + block[:, :, 0].sum(-1)
+        return state
+
+    def finish(self, state, ctx):
+        out = []
+        for b in sorted(state):
+            length = int(ctx.batch.lengths[b])
+            out.append({"sums": state[b]["sums"].cpu(), "counts": offset_counts(length, min(self.width, length)),
+                        "alpha0": (state[b]["first"] / length).cpu()})
+        return out
+
+
+class PairedRowJSD(AttentionStatistic):
+    """Mean over queries i >= 1 of JSD(A^x[i,:], A^x'[i,:]) for sequences 2j and 2j+1 of the batch
+    (equal lengths and padding), the raw material of content invariance: [pairs] of [H]."""
+
+    def start(self, ctx: Context):
+        return {}
+
+    def update(self, state, rows, start, ctx):
+        blocks = {b: (block, first) for b, block, first in ctx.sequence_rows(rows, start)}
+        batch = ctx.batch
+        for i in range(0, batch.size - 1, 2):
+            if i not in blocks or i + 1 not in blocks:
+                continue
+            (a, first), (b, _) = blocks[i], blocks[i + 1]
+            if a.shape != b.shape or int(batch.offsets[i]) != int(batch.offsets[i + 1]):
+                continue
+            skip = max(0, 1 - first)
+            state[i] = state.get(i, 0.0) + row_jsd(a[:, skip:], b[:, skip:]).sum(-1)
+        return state
+
+    def finish(self, state, ctx):
+        return [(state[i] / max(int(ctx.batch.lengths[i]) - 1, 1)).cpu() for i in sorted(state)]
+
+
+class PositionDependence(AttentionStatistic):
+    """Per sequence: PDS [H] against a given offset profile [n_layers, H, width] (NaN if < 3 tokens)."""
+
+    def __init__(self, profile: torch.Tensor):
+        self.profile = profile
+
+    def start(self, ctx: Context):
+        return {}
+
+    def update(self, state, rows, start, ctx):
+        for b, block, first in ctx.sequence_rows(rows, start):
+            tv, n = position_dependence_rows(block, first, self.profile[ctx.layer])
+            old = state.get(b, (0.0, 0.0))
+            state[b] = (old[0] + tv, old[1] + n)
+        return state
+
+    def finish(self, state, ctx):
+        out = []
+        for b in sorted(state):
+            tv, n = state[b]
+            if int(ctx.batch.lengths[b]) < 3:
+                out.append(torch.full((ctx.facts.n_heads,), float("nan")))
+            else:
+                out.append((1.0 - tv / n.clamp(min=1)).cpu())
+        return out
+
+
+class RepeatScores(AttentionStatistic):
+    """Duplicate-token and induction scores on [BOS] + x + x (Olsson et al. 2022): mean attention
+    from the second copy's tokens to their first occurrence, and to the token after it."""
+
+    def __init__(self, n: int, bos: int):
+        self.n, self.bos = n, bos
+
+    def start(self, ctx: Context):
+        return {}
+
+    def update(self, state, rows, start, ctx):
+        n, b0 = self.n, self.bos
+        for b, block, first in ctx.sequence_rows(rows, start):
+            queries = torch.arange(max(b0 + n + 1, first), min(b0 + 2 * n, first + block.shape[1]))
+            dup, ind = state.get(b, (0.0, 0.0))
+            local = queries - first
+            state[b] = (dup + block[:, local, queries - n].sum(-1), ind + block[:, local, queries - n + 1].sum(-1))
+        return state
+
+    def finish(self, state, ctx):
+        count = max(self.n - 1, 1)
+        return [(state[b][0] / count).cpu() for b in sorted(state)], [(state[b][1] / count).cpu() for b in sorted(state)]
+
+
+# ---------------------------------------------------------------------------- inputs and passes
+@dataclass
+class HeadInputs:
+    """The three input kinds the statistics need, as token-id sequences."""
+
+    natural: list[list[int]]
+    random: list[list[int]]
+    repeated: list[list[int]]
+    repeat_len: int
+    prefix: int  # tokens before the repeated halves (1 with BOS, else 0)
+
+    @classmethod
+    def build(cls, model, texts: Sequence[str], seq_len: int, n_random: int, n_repeated: int, repeat_len: int,
+              seed: int = 0, warn: bool = False) -> "HeadInputs":
+        """``warn``: warn when texts are cut to ``seq_len`` (the user's own texts)."""
+        natural = pdata.natural_sequences(model, texts, seq_len, warn=warn)
+        randoms = pdata.random_token_sequences(model, n_random, seq_len, seed)
+        halves = model.random_tokens(n_repeated, repeat_len, torch.Generator().manual_seed(seed + 3))
+        bos = [model.tokenizer.bos_token_id] if model.card.adds_bos else []
+        repeated = [bos + h.tolist() + h.tolist() for h in halves]
+        for seqs in (natural, randoms, repeated):
+            model.check_lengths(seqs)
+        return cls(natural, randoms, repeated, repeat_len, len(bos))
+
+    def __len__(self) -> int:
+        return len(self.natural) + len(self.random) + len(self.repeated)
+
+    def record(self) -> dict[str, Any]:
+        return {"tokens": {"natural": self.natural, "random": self.random, "repeated": self.repeated},
+                "sequences": {"natural": len(self.natural), "random": len(self.random), "repeated": len(self.repeated)}}
+
+
+@dataclass
+class HeadStatistics:
+    """What ``measure_head_statistics`` returns: the per-head table (``layer, head, kv_head``,
+    ``posbench.heads.STATISTICS``, ``self_score``, ``prev_token_score``), the full offset profiles
+    [L, H, width] on both inputs, and the outputs of the caller's extra natural-pass captures."""
+
+    table: pd.DataFrame
+    profile_random: torch.Tensor
+    profile_natural: torch.Tensor
+    natural_outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _fold_profiles(outputs, L: int, H: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    sums, counts, alpha0, n = torch.zeros(L, H, width), torch.zeros(L, width), torch.zeros(L, H), 0
+    for out in outputs:
+        for layer, per_seq in out["profile"].items():
+            for r in per_seq:
+                k = r["sums"].shape[1]
+                sums[layer, :, :k] += r["sums"]
+                counts[layer, :k] += r["counts"]
+                alpha0[layer] += r["alpha0"]
+        n += len(out["profile"][0])
+    return sums / counts.clamp(min=1).unsqueeze(1), alpha0 / max(n, 1)
+
+
+def measure_head_statistics(
+    model,
+    inputs: HeadInputs,
+    *,
+    batch_size: int,
+    padding_side: str = "right",
+    progress=NO_PROGRESS,
+    window: int = 8,
+    natural_captures: Callable[[torch.Tensor], list[Capture | AttentionCapture]] | None = None,
+) -> HeadStatistics:
+    """Run the three passes and reduce them to one row per (layer, head).
+
+    ``natural_captures(profile_random)`` may add captures to the natural-text pass (they see the
+    random-token profile, e.g. to read q and k at each head's own offset); their outputs come back
+    in ``natural_outputs``. ``window`` is the local-window width whose mass is tabled.
+    """
+    L, H = model.n_layers, model.n_heads
+    width = max(len(s) for s in inputs.natural + inputs.random)
+
+    def run(seqs, captures, size):
+        return [out for _, _, out in run_batches(model, seqs, captures, batch_size=size, padding_side=padding_side,
+                                                 progress=progress)]
+
+    random_out = run(inputs.random, [AttentionCapture("profile", OffsetProfile(width)),
+                                     AttentionCapture("jsd", PairedRowJSD())], max(2, batch_size - batch_size % 2))
+    profile_random, alpha0_random = _fold_profiles(random_out, L, H, width)
+    jsd_sum, jsd_n = torch.zeros(L, H), 0
+    for out in random_out:
+        for layer, pairs in out["jsd"].items():
+            for value in pairs:
+                jsd_sum[layer] += value
+        jsd_n += len(out["jsd"][0])
+
+    extra = natural_captures(profile_random) if natural_captures else []
+    natural_out = run(inputs.natural, [AttentionCapture("profile", OffsetProfile(width)),
+                                       AttentionCapture("pds", PositionDependence(profile_random)), *extra], batch_size)
+    profile_natural, alpha0_natural = _fold_profiles(natural_out, L, H, width)
+    pds_sum, pds_n = torch.zeros(L, H), torch.zeros(L, H)
+    for out in natural_out:
+        for layer, per_seq in out["pds"].items():
+            for pds in per_seq:
+                ok = ~torch.isnan(pds)
+                pds_sum[layer][ok] += pds[ok]
+                pds_n[layer][ok] += 1
+
+    dup_sum, ind_sum, rep_n = torch.zeros(L, H), torch.zeros(L, H), 0
+    for out in run(inputs.repeated, [AttentionCapture("repeat", RepeatScores(inputs.repeat_len, inputs.prefix))],
+                   batch_size):
+        for layer, (dups, inds) in out["repeat"].items():
+            for d, i in zip(dups, inds):
+                dup_sum[layer] += d
+                ind_sum[layer] += i
+        rep_n += len(out["repeat"][0][0])
+
+    ci = 1.0 - jsd_sum / max(jsd_n, 1)
+    rows = []
+    for layer in range(L):
+        for head in range(H):
+            pr, pn = profile_random[layer, head], profile_natural[layer, head]
+            rows.append({
+                "layer": layer, "head": head, "kv_head": model.card.kv_head_of(head),
+                "alpha0_natural": float(alpha0_natural[layer, head]),
+                "alpha0_random": float(alpha0_random[layer, head]),
+                "prev_token_score": float(pr[1]), "self_score": float(pr[0]),
+                "top_offset_random": int(pr.argmax()), "top_score_random": float(pr.max()),
+                "top_offset_natural": int(pn.argmax()), "top_score_natural": float(pn.max()),
+                "window_mass_random": float(pr[: window + 1].sum()),
+                "window_mass_natural": float(pn[: window + 1].sum()),
+                "content_invariance": float(ci[layer, head]),
+                "pds": float(pds_sum[layer, head] / pds_n[layer, head].clamp(min=1)),
+                "duplicate_score": float(dup_sum[layer, head] / max(rep_n, 1)),
+                "induction_score": float(ind_sum[layer, head] / max(rep_n, 1)),
+            })
+    return HeadStatistics(pd.DataFrame(rows), profile_random, profile_natural,
+                          [{k: v for k, v in out.captured.items() if k not in ("profile", "pds")} for out in natural_out])
+
+
+__all__ = ["HeadInputs", "HeadStatistics", "OffsetProfile", "PairedRowJSD", "PositionDependence", "RepeatScores",
+           "measure_head_statistics"]

@@ -1,0 +1,151 @@
+"""Rotary frequency bands against the span actually evaluated, and the p-RoPE band test.
+
+* ``pair_table``: per layer x pair, the frequency, its wavelength, and how far it turns across
+  the **evaluated** span (the longest sequence, or the sliding window if shorter) and across the
+  span the layer could see at most (window or context length). A pair that turns less than
+  ``position_free_rotation`` across a span is position-free *there*: at 128 tokens the lowest
+  quarter of SmolLM2's frequencies turns by at most 0.02 rad, so making it position-free tests
+  nothing; the same band turns ~1.5 rad over 8k tokens.
+* ``band_effects``: next-token loss (all positions and the second half, where long-range
+  attention matters) and the offset heads' P(d*) with the lowest / highest fraction of each
+  layer's frequencies made position-free (p-RoPE, Barbero et al. 2025), each row carrying the
+  largest turn of the band across the evaluated span. ``benchmarks/rope_long_context.py`` runs
+  it at 2k-8k tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from posbench.batching import run_batches
+from posbench.head_statistics import OffsetProfile
+from posbench.interventions.rope_bands import RopePositionFree
+from posbench.progress import NO_PROGRESS
+from posbench.reduce import nll_by_position
+from posbench.sites import AttentionCapture, Capture
+
+
+def layer_span(model, layer: int, length: int) -> int:
+    """Tokens a query of a ``length``-token sequence can see at most in ``layer``."""
+    window = model.card.sliding_windows[layer]
+    return min(length, window) if window else length
+
+
+def pair_table(model, evaluated_length: int, position_free_rotation: float = math.pi / 8) -> pd.DataFrame:
+    """Per layer x rotary pair: ``inv_freq`` (rad/token), ``wavelength`` (tokens), ``span`` (tokens
+    visible in the evaluated sequences), ``rotation_over_span`` = inv_freq x (span - 1), the largest
+    relative distance), ``position_free_in_span``, and the same against ``context_span`` (sliding
+    window, else the context length)."""
+    rows = []
+    card = model.card
+    for layer in range(model.n_layers):
+        freq = model.rotary_inv_freq(layer)
+        span = layer_span(model, layer, evaluated_length)
+        context = card.sliding_windows[layer] or card.context_length or evaluated_length
+        for p, theta in enumerate(freq.tolist()):
+            rows.append({
+                "layer": layer, "layer_type": card.layer_types[layer], "pair": p, "dims": f"{p},{p + len(freq)}",
+                "inv_freq": theta, "wavelength": (2 * math.pi / theta) if theta > 0 else math.inf,
+                "rope_base": card.rope_bases[layer],
+                "span": span, "rotation_over_span": theta * (span - 1),
+                "position_free_in_span": theta * (span - 1) < position_free_rotation,
+                "context_span": context, "rotation_over_context": theta * (context - 1),
+                "position_free_in_context": theta * (context - 1) < position_free_rotation,
+            })
+    return pd.DataFrame(rows)
+
+
+def band_turns(model, pairs: pd.DataFrame, fraction: float, highest: bool) -> pd.DataFrame:
+    """Per layer type: the band's pairs (each layer's own lowest/highest ``fraction``) and the
+    smallest / largest turn they make across the evaluated span and the context span."""
+    iv = RopePositionFree(fraction=fraction, highest=highest)
+    rows = []
+    for layer_type, group in pairs.groupby("layer_type", sort=False):
+        picked = pd.concat([group[(group.layer == layer) & group.pair.isin(iv.pairs_for(model, layer))]
+                            for layer in group.layer.unique()])
+        rows.append({"condition": condition_name(fraction, highest), "layer_type": layer_type,
+                     "layers": int(group.layer.nunique()), "pairs_per_layer": int(len(picked) // group.layer.nunique()),
+                     "span": int(picked.span.max()), "min_turn_over_span": float(picked.rotation_over_span.min()),
+                     "max_turn_over_span": float(picked.rotation_over_span.max()),
+                     "position_free_in_span": bool(picked.position_free_in_span.all()),
+                     "context_span": int(picked.context_span.max()),
+                     "max_turn_over_context": float(picked.rotation_over_context.max())})
+    return pd.DataFrame(rows)
+
+
+def condition_name(fraction: float, highest: bool) -> str:
+    return f"position-free {'highest' if highest else 'lowest'} {fraction:g}"
+
+
+def _measure(model, seqs, offset_heads, batch_size, padding_side, bar):
+    """Loss (all positions, second half) and P(d*) of each offset head, under the active interventions."""
+    width = max([d for _, _, d in offset_heads], default=0) + 1
+    captures = [AttentionCapture("profile", OffsetProfile(width)),
+                Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch))]
+    sums, counts = 0.0, 0.0
+    prof_sums, prof_counts = torch.zeros(model.n_layers, model.n_heads, width), torch.zeros(model.n_layers, width)
+    for _, _, out in run_batches(model, seqs, captures, batch_size=batch_size, padding_side=padding_side, progress=bar):
+        s, c = out["nll"]
+        sums, counts = _add(sums, s), _add(counts, c)
+        for layer, per_seq in out["profile"].items():
+            for r in per_seq:
+                k = r["sums"].shape[1]
+                prof_sums[layer, :, :k] += r["sums"]
+                prof_counts[layer, :k] += r["counts"]
+    profile = prof_sums / prof_counts.clamp(min=1).unsqueeze(1)
+    half = len(sums) // 2
+    scores = [float(profile[layer, head, d]) for layer, head, d in offset_heads]
+    return {"loss": float(sums.sum() / counts.sum().clamp(min=1)),
+            "loss_second_half": float(sums[half:].sum() / counts[half:].sum().clamp(min=1)),
+            "positional_head_score": sum(scores) / len(scores) if scores else float("nan")}
+
+
+def _add(acc, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(acc, float):
+        return x.clone()
+    if len(x) > len(acc):
+        acc, x = x.clone(), acc
+    acc[: len(x)] += x
+    return acc
+
+
+def band_effects(model, seqs: Sequence[Sequence[int]], offset_heads: Sequence[tuple[int, int, int]],
+                 pairs: pd.DataFrame, fractions: Sequence[float], *, batch_size: int = 1,
+                 padding_side: str = "right", bar=NO_PROGRESS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The p-RoPE band test: baseline, then each fraction's lowest and highest band position-free.
+
+    ``offset_heads`` are (layer, head, d*) of the heads whose P(d*) is tracked (the taxonomy's
+    self / previous-token / fixed-offset heads). Returns (effects, turns): one effects row per
+    condition (loss, loss on the second half of the positions, their changes, the offset heads'
+    mean P(d*) and its change, the band's largest turn across the evaluated span), and per
+    condition and layer type the band's turn angles (``band_turns``).
+    """
+    base = _measure(model, seqs, offset_heads, batch_size, padding_side, bar)
+    rows = [{"condition": "none", "band": "", "fraction": 0.0, **base, "max_turn_over_span": 0.0, "intervention": ""}]
+    turns = []
+    for fraction in fractions:
+        for highest in (False, True):
+            iv = RopePositionFree(fraction=fraction, highest=highest)
+            with model.intervene(iv):
+                res = _measure(model, seqs, offset_heads, batch_size, padding_side, bar)
+            turn = band_turns(model, pairs, fraction, highest)
+            turns.append(turn)
+            rows.append({"condition": condition_name(fraction, highest), "band": "highest" if highest else "lowest",
+                         "fraction": fraction, **res, "max_turn_over_span": float(turn.max_turn_over_span.max()),
+                         "intervention": str(iv.describe())})
+    effects = pd.DataFrame(rows)
+    for col, new in (("loss", "delta_loss"), ("loss_second_half", "delta_loss_second_half"),
+                     ("positional_head_score", "delta_positional_score")):
+        effects[new] = effects[col] - base[col]
+    order = ["condition", "band", "fraction", "loss", "delta_loss", "loss_second_half", "delta_loss_second_half",
+             "positional_head_score", "delta_positional_score", "max_turn_over_span", "intervention"]
+    turn_cols = ["condition", "layer_type", "layers", "pairs_per_layer", "span", "min_turn_over_span",
+                 "max_turn_over_span", "position_free_in_span", "context_span", "max_turn_over_context"]
+    return effects[order], (pd.concat(turns, ignore_index=True) if turns else pd.DataFrame(columns=turn_cols))
+
+
+__all__ = ["band_effects", "band_turns", "condition_name", "layer_span", "pair_table"]
