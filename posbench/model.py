@@ -295,17 +295,17 @@ def _last_hidden(hidden: torch.Tensor, ctx) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- loading
-def _boot(hf_model, tokenizer, model_id: str, source: str) -> HookedModel:
+def _boot(hf_model, tokenizer, model_id: str, source: str, attn_implementation: str) -> HookedModel:
     from .backends.transformer_lens import TransformerLensBackend
 
     hf_model.eval()
     card = build_card(model_id, source, hf_model, tokenizer)
-    backend = TransformerLensBackend.wrap(hf_model, tokenizer, model_id, card)
+    backend = TransformerLensBackend.wrap(hf_model, tokenizer, model_id, card, attn_implementation)
     card.attn_implementation = backend.attn_implementation
     return HookedModel(backend, hf_model, tokenizer, model_id, source, card)
 
 
-def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None = None) -> HookedModel:
+def _from_pretrained(name: str, dtype, device, source: str, attn_implementation: str, model_id: str | None = None) -> HookedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -313,7 +313,7 @@ def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None
 
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
-    return _boot(model.to(device), tokenizer, model_id or name, source)
+    return _boot(model.to(device), tokenizer, model_id or name, source, attn_implementation)
 
 
 def load_model(
@@ -323,31 +323,41 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: Callable[[str], None] | None = None,
+    attn_implementation: str = "sdpa",
 ) -> HookedModel:
     """Load a hooked model.
 
     ``spec`` is a zoo alias (``posbench models`` lists them), a local checkpoint folder, a
     HuggingFace hub name (needs the network), or an already-loaded HuggingFace model, in which
-    case pass its ``tokenizer`` too.
+    case pass its ``tokenizer`` too. ``attn_implementation``: ``"sdpa"`` runs each layer's
+    attention with SDPA and computes attention statistics from q and k chunk by chunk (layers
+    whose scores or pattern a pass reads or edits run eager); ``"eager"`` runs the bridge's eager
+    attention everywhere (the reference path; see docs/speed.md).
     """
+    from .backends.transformer_lens import ATTN_IMPLEMENTATIONS
+
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise PosbenchError(
+            f"unknown attn_implementation '{attn_implementation}': use {' or '.join(map(repr, ATTN_IMPLEMENTATIONS))}"
+        )
     device = device or "cpu"
     if not isinstance(spec, (str, os.PathLike)):
         if tokenizer is None:
             raise UnknownModelError("a loaded HuggingFace model needs its tokenizer: load_model(model, tokenizer)")
         name = getattr(spec.config, "name_or_path", None) or type(spec).__name__
-        return _boot(spec, tokenizer, str(name), "in-memory HuggingFace model")
+        return _boot(spec, tokenizer, str(name), "in-memory HuggingFace model", attn_implementation)
 
     name = str(spec)
     if name in ZOO:
         entry = ZOO[name]
         if entry.kind == "tiny":
             model, tok = build_tiny(name)
-            return _boot(model.to(device=device, dtype=dtype), tok, name, entry.source)
+            return _boot(model.to(device=device, dtype=dtype), tok, name, entry.source, attn_implementation)
         folder = embedded_checkpoint(name, progress=progress)
-        return _from_pretrained(str(folder), dtype, device, entry.source, model_id=name)
+        return _from_pretrained(str(folder), dtype, device, entry.source, attn_implementation, model_id=name)
 
     if Path(name).expanduser().is_dir():
-        return _from_pretrained(str(Path(name).expanduser()), dtype, device, f"local folder {name}")
+        return _from_pretrained(str(Path(name).expanduser()), dtype, device, f"local folder {name}", attn_implementation)
 
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if not looks_like_hub_id:
@@ -358,7 +368,7 @@ def load_model(
             f"and not a HuggingFace hub name like 'org/name'.{hint}"
         )
     try:
-        return _from_pretrained(name, dtype, device, f"HuggingFace hub {name}")
+        return _from_pretrained(name, dtype, device, f"HuggingFace hub {name}", attn_implementation)
     except OSError as err:
         raise UnknownModelError(
             f"could not load '{name}' from the HuggingFace hub ({type(err).__name__}): check the "
