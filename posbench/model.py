@@ -264,6 +264,21 @@ class HookedModel:
                 progress(1)
         return new
 
+    @contextlib.contextmanager
+    def using_attention(self, attn_implementation: str) -> Iterator["HookedModel"]:
+        """Run the block with another attention implementation (``"sdpa"`` or ``"eager"``), e.g.
+        to check a result on the eager reference path with the same weights; results made inside
+        record it."""
+        from .backends.transformer_lens import check_attn_implementation
+
+        check_attn_implementation(attn_implementation)
+        before = self.backend.attn_implementation
+        self.backend.attn_implementation = self.card.attn_implementation = attn_implementation
+        try:
+            yield self
+        finally:
+            self.backend.attn_implementation = self.card.attn_implementation = before
+
     # ------------------------------------------------------------------ interventions
     @contextlib.contextmanager
     def intervene(self, *interventions: "Intervention") -> Iterator["HookedModel"]:
@@ -334,12 +349,9 @@ def load_model(
     whose scores or pattern a pass reads or edits run eager); ``"eager"`` runs the bridge's eager
     attention everywhere (the reference path; see docs/speed.md).
     """
-    from .backends.transformer_lens import ATTN_IMPLEMENTATIONS
+    from .backends.transformer_lens import check_attn_implementation
 
-    if attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise PosbenchError(
-            f"unknown attn_implementation '{attn_implementation}': use {' or '.join(map(repr, ATTN_IMPLEMENTATIONS))}"
-        )
+    check_attn_implementation(attn_implementation)  # before anything loads
     device = device or "cpu"
     if not isinstance(spec, (str, os.PathLike)):
         if tokenizer is None:

@@ -84,20 +84,28 @@ def pattern_rows(
         end = min(width, start + chunk)
         n = end - start
         lo, hi = key_band(start, end, width, causal, sliding_window)
-        # the queries of one key head side by side: one [group * n, d] x [d, keys] product per key head
-        queries = grouped_q[:, :, :, start:end].reshape(batch, kv_heads, group * n, d)
-        scores = torch.matmul(queries, k[:, :, lo:hi].transpose(-1, -2))
-        scores = scores.reshape(batch, heads, n, hi - lo).float() * scaling
+        # the queries of one key head side by side: one [group * n, d] x [d, keys] product per key
+        # head; the scaling goes on the (small) queries rather than on the [n, keys] scores
+        queries = grouped_q[:, :, :, start:end].reshape(batch, kv_heads, group * n, d) * scaling
+        scores = torch.matmul(queries, k[:, :, lo:hi].transpose(-1, -2)).view(batch, heads, n, hi - lo).float()
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        allowed = allowed_keys(mask, start, end, width, q.device)[..., lo:hi]
-        scores.masked_fill_(~allowed, float("-inf"))
-        band = torch.softmax(scores, dim=-1)
-        seen = allowed.any(-1, keepdim=True)
-        if not bool(seen.all()):
-            band = band.masked_fill(~seen, 0.0)
-        rows = band.new_zeros(batch, heads, n, width)
-        rows[..., lo:hi] = band
+        if mask is None:  # plain causal: only the chunk's own diagonal block has keys to hide
+            if causal and end > lo:
+                diagonal = scores[..., start - lo :]
+                future = torch.ones(n, diagonal.shape[-1], dtype=torch.bool, device=q.device).triu(1)
+                diagonal.masked_fill_(future, float("-inf"))
+            seen = None
+        else:
+            allowed = allowed_keys(mask, start, end, width, q.device)[..., lo:hi]
+            scores.masked_fill_(~allowed, float("-inf"))
+            seen = allowed.any(-1, keepdim=True)
+        rows = torch.empty(batch, heads, n, width, dtype=torch.float32, device=q.device)
+        torch.softmax(scores, dim=-1, out=rows[..., lo:hi])
+        rows[..., :lo] = 0.0
+        rows[..., hi:] = 0.0
+        if seen is not None and not bool(seen.all()):
+            rows.masked_fill_(~seen.expand(batch, 1, n, 1), 0.0)
         yield start, rows
 
 

@@ -41,6 +41,12 @@ from .hf_attention import attention_implementation, sdpa
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
+
+def check_attn_implementation(name: str) -> str:
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise PosbenchError(f"unknown attn_implementation '{name}': use {' or '.join(map(repr, ATTN_IMPLEMENTATIONS))}")
+    return name
+
 _HOOKS = {
     "resid_pre": "blocks.{layer}.hook_in",
     "resid_post": "blocks.{layer}.hook_out",
@@ -104,14 +110,10 @@ class TransformerLensBackend(Backend):
     name = "transformer-lens"
 
     def __init__(self, bridge, hf_model, card, attn_implementation: str = "sdpa"):
-        if attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise PosbenchError(
-                f"unknown attention implementation '{attn_implementation}': use one of {', '.join(ATTN_IMPLEMENTATIONS)}"
-            )
         self.bridge = bridge
         self.hf_model = hf_model
         self.card = card
-        self.attn_implementation = attn_implementation
+        self.attn_implementation = check_attn_implementation(attn_implementation)
         self._firing: dict[bool, frozenset[str]] = {}
         self._facts: ModelFacts | None = None
         self.row_chunk = ROW_CHUNK
@@ -215,9 +217,9 @@ class TransformerLensBackend(Backend):
         return self._fires_in_forward(self._hook(site, layer, fast=True)[0], fast=True)
 
     def supports(self, site: str, edit: bool = False) -> bool:
-        layer = None if site in LAYERLESS_SITES else 0
-        fast = self.attn_implementation == "sdpa" and self._works_fast(site, layer, edit)
-        return fast or self._works_eager(site, layer, edit)
+        """What the eager reference path can read (edit): the same whatever the attention
+        implementation, so a result never depends on it (the fast path falls back per layer)."""
+        return self._works_eager(site, None if site in LAYERLESS_SITES else 0, edit)
 
     def _require(self, site: str, edit: bool, layer: int | None) -> None:
         if not self._works_eager(site, layer, edit):
@@ -275,8 +277,7 @@ class TransformerLensBackend(Backend):
             return Context(batch=batch, layer=layer, facts=facts, tensors=tensors or {}, unembed=self.unembed)
 
         def hook_of(site: str, layer: int | None, edit: bool) -> tuple[str, Callable, Callable]:
-            if layer not in fast:
-                self._require(site, edit, layer)
+            self._require(site, edit, layer)
             return self._hook(site, layer, fast=layer in fast)
 
         # 1. edits (interventions), in order; a tensor edited here is what everything after sees
@@ -366,8 +367,7 @@ class TransformerLensBackend(Backend):
         for site in sites:
             if site in rebuilt:
                 continue
-            if not fast:
-                self._require(site, False, layer)
+            self._require(site, False, layer)
             name, to_canon, _ = self._hook(site, layer, fast)
 
             def keep(x, hook, site=site, to_canon=to_canon):
@@ -401,6 +401,10 @@ class TransformerLensBackend(Backend):
         the output and folds the layer's attention statistics over rows rebuilt from the same q/k."""
         rot_q = self.bridge.hook_dict.get(_HOOKS["rot_q"].format(layer=layer))
         rot_k = self.bridge.hook_dict.get(_HOOKS["rot_k"].format(layer=layer))
+        component = self.bridge.blocks[layer].attn
+        o = component._modules.get("o")
+        # GPT-2's HF module projects with its own Conv1D, not the bridge's `o`: fire z here instead
+        z_hook = o.hook_in if o is not None and all(m is not o for m in component.original_component.modules()) else None
         stash = {} if stash is None else stash
 
         def attend(module, query, key, value, mask, **kwargs):
@@ -408,7 +412,9 @@ class TransformerLensBackend(Backend):
                 query, key = rot_q(query), rot_k(key)
             if key_mask is not None:
                 mask = with_key_mask(mask, key_mask.to(query.device))
-            output, _ = sdpa(module, query, key, value, mask, **kwargs)
+            output, _ = sdpa(module, query, key, value, mask, **kwargs)  # [B, T, H, d]
+            if z_hook is not None:
+                output = z_hook(output.reshape(*output.shape[:2], -1)).view_as(output)
             if captures:
                 scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
                 chunks = pattern_rows(query, key, mask, scaling, softcap=kwargs.get("softcap"),
