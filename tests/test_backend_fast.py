@@ -8,12 +8,14 @@
    This runs through the real fast path: transformers' mask, the HF module's RoPE, GQA/MQA.
 3. End to end: every probe's tables on the fast and the eager path. The two forwards differ by
    SDPA vs eager rounding (~1e-7 relative per layer in float32), so later layers' q/k differ a
-   little: tolerance 1e-5 on the tiny models, 2e-4 on the 18/30-layer embedded ones.
+   little: attention statistics within 1e-5 on the tiny models and 5e-5 on the 18/30-layer
+   embedded ones (measured: up to 1.1e-5), residual magnitudes within 1e-5 relative.
 
 Plus the fallback rule, edits and key masks on fast layers, and a memory bound that a [T, T]
 matrix per layer would break. Timings are not tested (benchmarks/ measures them).
 """
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -31,7 +33,7 @@ from posbench.interventions.rope_bands import RopeBandZero, RopePositionFree
 from posbench.probes.positional_heads import PositionalHeadsProbe
 from posbench.probes.rope_usage import RopeUsageProbe
 from posbench.probes.sinks import SinkProbe
-from posbench.sites import AttentionCapture, AttentionOverride, AttentionStatistic, Capture, Edit
+from posbench.sites import AttentionCapture, AttentionOverride, AttentionStatistic, Capture, Edit, HeadPattern
 
 TEXTS = ["The cat sat on the mat and looked out of the window at the rain.", "Hi", "Position matters a great deal."]
 
@@ -71,7 +73,7 @@ def test_rows_from_qk_equal_the_eager_pattern(request, fixture, padding_side):
     for layer in range(model.n_layers):
         q, k = out[qs][layer].transpose(1, 2), out[ks][layer].transpose(1, 2)  # [B, H, T, d]
         mask = reference_mask(batch, model.card, layer)
-        rows = torch.cat([r for _, r in pattern_rows(q, k, mask, model.attention_scaling(layer), chunk=16)], dim=2)
+        rows = torch.cat([r.clone() for _, r in pattern_rows(q, k, mask, model.attention_scaling(layer), chunk=16)], dim=2)
         for b in range(batch.size):
             cols = batch.real_columns(b)
             torch.testing.assert_close(rows[b, :, cols], out["pattern"][layer][b, :, cols].float(), rtol=0, atol=1e-6)
@@ -106,42 +108,90 @@ class RowsAgainstReference(AttentionStatistic):
         return state["diff"], state["rows"]
 
 
-def _check_fast_rows(model, batch):
+class SpanSums(AttentionStatistic):
+    """Per query, the attention on keys 0, 1..3 and 4.. of the padded batch: [B, H, T, 3]. With
+    ``declared``, through key weights (the fast path's extra value channels), else from rows."""
+
+    def __init__(self, declared: bool):
+        self.declared = declared
+
+    def _weights(self, batch):
+        weights = torch.zeros(batch.size, batch.width, 3)
+        weights[:, 0, 0], weights[:, 1:4, 1], weights[:, 4:, 2] = 1.0, 1.0, 1.0
+        return weights
+
+    def key_weights(self, ctx):
+        return self._weights(ctx.batch) if self.declared else None
+
+    def start(self, ctx):
+        return []
+
+    def update(self, state, rows, start, ctx):
+        state.append(rows.cpu().clone() if self.declared else rows.cpu() @ self._weights(ctx.batch)[:, None])
+        return state
+
+    def finish(self, state, ctx):
+        return torch.cat(state, dim=2)
+
+
+def _check_fast_rows(model, batch, atol):
     stat = AttentionCapture("check", RowsAgainstReference(model.card))
+    sums = [AttentionCapture("declared", SpanSums(True)), AttentionCapture("from_rows", SpanSums(False))]
     assert model.backend._fast_layers([stat], [], []) == frozenset(range(model.n_layers))
-    out = model.run(batch, [stat])
-    real = int(batch.attention_mask.sum())
+    out = model.run(batch, [stat, *sums])
+    real = batch.attention_mask.bool()
     for layer in range(model.n_layers):
         diff, rows = out["check"][layer]
-        assert rows == real and diff < 1e-6, (layer, diff)
+        assert rows == int(real.sum()) and diff < atol, (layer, diff)
+        # rows @ W from the attention kernel itself equals the same sums of the checked rows
+        declared, from_rows = out["declared"][layer], out["from_rows"][layer]
+        torch.testing.assert_close(declared.transpose(1, 2)[real], from_rows.transpose(1, 2)[real], rtol=0, atol=atol)
+    return out
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_neox"])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_fast_rows_equal_rows_recomputed_from_the_same_qk(request, fixture, padding_side):
     model = request.getfixturevalue(fixture)
-    _check_fast_rows(model, model.batch(model.tokenize(TEXTS), padding_side))
+    _check_fast_rows(model, model.batch(model.tokenize(TEXTS), padding_side), atol=1e-6)
 
 
 @pytest.mark.embedded
 def test_fast_rows_on_embedded_models_gqa_sliding_windows_two_bases(embedded):
     """SmolLM2: GQA 9/3. Gemma 3: MQA 4/1, q/k-norm, two RoPE bases, sliding window 512 on five
     of six layers: 700 tokens (and 560, left-padded) cross the window, so the sliding layers'
-    rows start after key 0 while the global layers' do not."""
+    rows start after key 0 while the global layers' do not. atol 1e-5: float32 scores of these
+    models reach tens, so the float32 rows and the float64 reference differ by up to ~4e-6."""
     first, second = embedded.random_tokens(2, 700, torch.Generator().manual_seed(0)).tolist()
-    _check_fast_rows(embedded, embedded.batch([first, second[:560]], "left"))
+    batch = embedded.batch([first, second[:560]], "left")
+    _check_fast_rows(embedded, batch, atol=1e-5)
+    windows = embedded.card.sliding_windows
+    if any(windows):  # negative control: a reference that ignores the window is far off on sliding layers
+        blind = AttentionCapture("blind", RowsAgainstReference(dataclasses.replace(embedded.card, sliding_windows=[None] * len(windows))))
+        out = embedded.run(batch, [blind])
+        assert all(out["blind"][layer][0] > 1e-3 for layer, w in enumerate(windows) if w)
 
 
 # ---------------------------------------------------------------------------- 3. probes end to end
+# Which of several near-equal residual entries ranks first is a coin toss at 1e-7 (a repeated
+# token gives dozens of equal norms): the sinks probe's top-activation positions and dims are not
+# compared, their values are.
+TIE_BROKEN = {"massive_top": ("position", "dim")}
+
+
 def _compare_tables(fast, eager, atol):
+    """Float columns within ``atol`` (plus 1e-5 relative for residual-stream magnitudes in the
+    thousands), every other column equal."""
     assert set(fast) == set(eager)
     for name in fast:
         a, b = fast[name], eager[name]
         assert list(a.columns) == list(b.columns) and len(a) == len(b), name
         for col in a.columns:
+            if col in TIE_BROKEN.get(name, ()):
+                continue
             if pd.api.types.is_float_dtype(a[col]):
-                np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=0, atol=atol, err_msg=f"{name}.{col}")
-            elif pd.api.types.is_numeric_dtype(a[col]) or pd.api.types.is_bool_dtype(a[col]):
+                np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-5, atol=atol, err_msg=f"{name}.{col}")
+            else:
                 assert (a[col].to_numpy() == b[col].to_numpy()).all(), f"{name}.{col}"
 
 
@@ -176,7 +226,22 @@ def test_probe_tables_fast_equal_eager_tiny(request, fixture, padding_side):
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_probe_tables_fast_equal_eager_embedded(embedded, padding_side):
     for probe in _probes(embedded, padding_side, small=False):
-        _compare_tables(*_fast_and_eager(embedded, probe), atol=2e-4)
+        _compare_tables(*_fast_and_eager(embedded, probe), atol=5e-5)
+
+
+@pytest.mark.parametrize("head", [0, 3])
+def test_one_head_pattern_is_computed_alone(tiny_llama, head):
+    """HeadPattern asks for one query head (GQA: head 3 reads key head 1): the fast path builds
+    its [B, T, T] from that head's q and its key head only, equal to the eager pattern's slice."""
+    batch = tiny_llama.batch(tiny_llama.tokenize(TEXTS), "left")
+    fast = tiny_llama.run(batch, [AttentionCapture("one", HeadPattern(head))])["one"]
+    with tiny_llama.using_attention("eager"):
+        eager = tiny_llama.run(batch, [Capture("p", "pattern", _keep)])["p"]
+    for layer in range(tiny_llama.n_layers):
+        assert fast[layer].shape == (batch.size, batch.width, batch.width)
+        for b in range(batch.size):
+            cols = batch.real_columns(b)
+            torch.testing.assert_close(fast[layer][b, cols], eager[layer][b, head, cols], rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- the fallback rule

@@ -13,7 +13,7 @@ Nothing here knows a hooking library: any backend that can hand over q, k and th
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -67,60 +67,123 @@ def pattern_rows(
     softcap: float | None = None,
     sliding_window: int | None = None,
     causal: bool = True,
+    heads: Sequence[int] | None = None,
     chunk: int = ROW_CHUNK,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, rows)``: rows [B, H, n, T] (float32) of the softmax attention pattern for
     queries ``start .. start+n-1``, as eager attention computes it.
 
     q [B, H, T, d] and k [B, Hkv, T, d] are the queries and keys *after* RoPE (exactly what the
-    model's attention function receives); query head h reads key head h // (H / Hkv). Rows of
-    queries that see no key at all (left padding) are zero.
+    model's attention function receives); query head h reads key head h // (H / Hkv). With
+    ``heads``, only those query heads are computed (rows [B, len(heads), n, T]). Rows of queries
+    that see no key at all (left padding) are zero. ``rows`` is reused from chunk to chunk: valid
+    until the next one is asked for (what ``AttentionStatistic.update`` promises).
     """
+    if heads is not None:
+        group = q.shape[1] // k.shape[1]
+        q, k = q[:, list(heads)], k[:, [h // group for h in heads]]
     batch, heads, width, d = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
-    grouped_q = q.reshape(batch, kv_heads, group, width, d)
+    # the scaling goes on the (small) queries rather than on the [n, keys] scores of each chunk
+    grouped_q = (q * scaling).reshape(batch, kv_heads, group, width, d)
+    chunk = min(chunk, width)
+    # Two buffers reused across chunks (fresh multi-MB tensors per chunk cost more in page faults
+    # than the arithmetic): contiguous scores for the matmul and softmax, and the rows handed out.
+    scratch = torch.empty(batch * heads * chunk * width, dtype=torch.float32, device=q.device)
+    buffer = torch.zeros(batch, heads, chunk, width, dtype=torch.float32, device=q.device)
+    zeroed_below = 0  # keys [0, zeroed_below) of the buffer are zero; keys >= the band's end stay zero
+    future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
     for start in range(0, width, chunk):
         end = min(width, start + chunk)
         n = end - start
         lo, hi = key_band(start, end, width, causal, sliding_window)
-        # the queries of one key head side by side: one [group * n, d] x [d, keys] product per key
-        # head; the scaling goes on the (small) queries rather than on the [n, keys] scores
-        queries = grouped_q[:, :, :, start:end].reshape(batch, kv_heads, group * n, d) * scaling
-        scores = torch.matmul(queries, k[:, :, lo:hi].transpose(-1, -2)).view(batch, heads, n, hi - lo).float()
+        # the queries of one key head side by side: one [group * n, d] x [d, keys] product per key head
+        queries = grouped_q[:, :, :, start:end].reshape(batch, kv_heads, group * n, d)
+        keys = k[:, :, lo:hi].transpose(-1, -2)
+        if q.dtype == torch.float32:
+            scores = scratch[: batch * heads * n * (hi - lo)].view(batch, kv_heads, group * n, hi - lo)
+            torch.matmul(queries, keys, out=scores)
+        else:
+            scores = torch.matmul(queries, keys).float()
+        scores = scores.view(batch, heads, n, hi - lo)
         if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        if mask is None:  # plain causal: only the chunk's own diagonal block has keys to hide
-            if causal and end > lo:
-                diagonal = scores[..., start - lo :]
-                future = torch.ones(n, diagonal.shape[-1], dtype=torch.bool, device=q.device).triu(1)
-                diagonal.masked_fill_(future, float("-inf"))
+            scores.div_(softcap).tanh_().mul_(softcap)
+        if mask is None:  # plain causal (HF's promise: no padding, no window in reach): only the
+            # chunk's own diagonal block has keys to hide
+            if causal:
+                scores[..., start - lo :].masked_fill_(future[:n, :n], float("-inf"))
             seen = None
         else:
             allowed = allowed_keys(mask, start, end, width, q.device)[..., lo:hi]
             scores.masked_fill_(~allowed, float("-inf"))
             seen = allowed.any(-1, keepdim=True)
-        rows = torch.empty(batch, heads, n, width, dtype=torch.float32, device=q.device)
-        torch.softmax(scores, dim=-1, out=rows[..., lo:hi])
-        rows[..., :lo] = 0.0
-        rows[..., hi:] = 0.0
+        torch.softmax(scores, dim=-1, out=scores)
+        rows = buffer[:, :, :n]
+        rows[..., lo:hi] = scores
+        rows[..., zeroed_below:lo] = 0.0  # keys that slid out of the window since the last chunk
+        zeroed_below = lo
         if seen is not None and not bool(seen.all()):
-            rows.masked_fill_(~seen.expand(batch, 1, n, 1), 0.0)
+            rows.masked_fill_(~seen, 0.0)
         yield start, rows
 
 
 def fold_statistics(
-    captures: Sequence[AttentionCapture], chunks: Iterable[tuple[int, torch.Tensor]], contexts: Sequence[Context]
+    captures: Sequence[AttentionCapture],
+    contexts: Sequence[Context],
+    chunks_for: Callable[[tuple[int, ...] | None], Iterable[tuple[int, torch.Tensor]]],
+    weighted: dict[int, torch.Tensor] | None = None,
 ) -> list[Any]:
-    """Fold every capture's statistic over the same chunks of rows (each chunk is computed
-    once, whatever the number of statistics): one result per capture."""
-    states = [c.statistic.start(ctx) for c, ctx in zip(captures, contexts)]
-    for start, rows in chunks:
-        states = [c.statistic.update(s, rows, start, ctx) for c, s, ctx in zip(captures, states, contexts)]
-    return [c.statistic.finish(s, ctx) for c, s, ctx in zip(captures, states, contexts)]
+    """Fold every capture's statistic, one result per capture. ``chunks_for(heads)`` yields the
+    row chunks of the given query heads (None: all): captures asking for the same heads share
+    each chunk, computed once. ``weighted[i]`` holds ``rows @ W`` [B, H, T, K] for capture i if
+    its statistic declared key weights W; it is handed over in one piece."""
+    weighted = weighted or {}
+    results: list[Any] = [None] * len(captures)
+    groups: dict[tuple[int, ...] | None, list[int]] = {}
+    for i, capture in enumerate(captures):
+        stat, ctx = capture.statistic, contexts[i]
+        if i in weighted:
+            sums = weighted[i] if stat.heads is None else weighted[i][:, list(stat.heads)]
+            results[i] = stat.finish(stat.update(stat.start(ctx), sums, 0, ctx), ctx)
+        else:
+            groups.setdefault(None if stat.heads is None else tuple(stat.heads), []).append(i)
+    for heads, members in groups.items():
+        stats = {i: captures[i].statistic for i in members}
+        states = {i: stats[i].start(contexts[i]) for i in members}
+        for start, rows in chunks_for(heads):
+            for i in members:
+                states[i] = stats[i].update(states[i], rows, start, contexts[i])
+        for i in members:
+            results[i] = stats[i].finish(states[i], contexts[i])
+    return results
 
 
-def slices(pattern: torch.Tensor, chunk: int = ROW_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
+def attention_with_key_sums(attention: Callable, query, key, value, weights: torch.Tensor):
+    """One attention call that also returns ``pattern @ W`` for per-key weights W [B, T, K].
+
+    q and k get K (rounded up to 8) zero dims, which leave every score unchanged, and the values
+    get W in those dims, so the kernel's own softmax weighs them. ``attention(q, k, v)`` must
+    pass the scaling explicitly (the head dim grows). Returns the output [B, T, H, d] the plain
+    call gives and the sums [B, H, T, K] (float32)."""
+    batch, kv_heads, width, d = value.shape
+    k_cols = weights.shape[-1]
+    pad = -(-k_cols // 8) * 8
+
+    def widen(x, extra=None):
+        wide = torch.cat([x, x.new_zeros(*x.shape[:-1], pad)], dim=-1)
+        if extra is not None:
+            wide[..., d : d + k_cols] = extra
+        return wide
+
+    values = widen(value, weights.to(value.dtype)[:, None])
+    output = attention(widen(query), widen(key), values)
+    return output[..., :d], output[..., d : d + k_cols].transpose(1, 2).float()
+
+
+def slices(pattern: torch.Tensor, heads: Sequence[int] | None = None, chunk: int = ROW_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:
     """``(start, rows)`` slices of a full pattern [B, H, T, T] (the eager path), as float32."""
+    if heads is not None:
+        pattern = pattern[:, list(heads)]
     for start in range(0, pattern.shape[2], chunk):
         yield start, pattern[:, :, start : start + chunk].float()

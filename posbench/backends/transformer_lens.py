@@ -36,7 +36,7 @@ from ..sites import (
     ModelFacts,
 )
 from . import Backend, RunOutput
-from .attention_rows import ROW_CHUNK, fold_statistics, pattern_rows, slices, with_key_mask
+from .attention_rows import ROW_CHUNK, attention_with_key_sums, fold_statistics, pattern_rows, slices, with_key_mask
 from .hf_attention import attention_implementation, sdpa
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -385,7 +385,13 @@ class TransformerLensBackend(Backend):
         def fold(pattern, hook):
             tensors = {k: v.float() for k, v in stash.items()}
             contexts = [ctx(layer, {s: tensors[s] for s in c.statistic.needs}) for c in captures]
-            for capture, result in zip(captures, fold_statistics(captures, slices(pattern.detach(), self.row_chunk), contexts)):
+            weighted = {}
+            for i, (capture, c) in enumerate(zip(captures, contexts)):
+                weights = capture.statistic.key_weights(c)
+                if weights is not None:
+                    weighted[i] = torch.matmul(pattern.detach().float(), weights.to(pattern.device).float()[:, None])
+            results = fold_statistics(captures, contexts, lambda heads: slices(pattern.detach(), heads, self.row_chunk), weighted)
+            for capture, result in zip(captures, results):
                 out.captured.setdefault(capture.name, {})[layer] = result
             stash.clear()
             return pattern
@@ -412,18 +418,32 @@ class TransformerLensBackend(Backend):
                 query, key = rot_q(query), rot_k(key)
             if key_mask is not None:
                 mask = with_key_mask(mask, key_mask.to(query.device))
-            output, _ = sdpa(module, query, key, value, mask, **kwargs)  # [B, T, H, d]
+            kwargs["scaling"] = scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+            tensors = {**{k: v.float() for k, v in stash.items()},
+                       "rot_q": query.transpose(1, 2).float(), "rot_k": key.transpose(1, 2).float()}
+            contexts = [ctx(layer, {s: tensors[s] for s in c.statistic.needs}) for c in captures]
+            weights = [(i, c.statistic.key_weights(contexts[i])) for i, c in enumerate(captures)]
+            weights = [(i, w.to(query.device)) for i, w in weights if w is not None]
+            weighted = {}
+            if weights:  # statistics of rows @ W: W rides along as extra value channels
+                output, sums = attention_with_key_sums(
+                    lambda q, k, v: sdpa(module, q, k, v, mask, **kwargs)[0],
+                    query, key, value, torch.cat([w for _, w in weights], dim=-1))
+                columns = 0
+                for i, w in weights:
+                    weighted[i] = sums[..., columns : columns + w.shape[-1]]
+                    columns += w.shape[-1]
+            else:
+                output, _ = sdpa(module, query, key, value, mask, **kwargs)  # [B, T, H, d]
             if z_hook is not None:
                 output = z_hook(output.reshape(*output.shape[:2], -1)).view_as(output)
             if captures:
-                scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-                chunks = pattern_rows(query, key, mask, scaling, softcap=kwargs.get("softcap"),
-                                      sliding_window=kwargs.get("sliding_window"),
-                                      causal=getattr(module, "is_causal", True), chunk=self.row_chunk)
-                tensors = {**{k: v.float() for k, v in stash.items()},
-                           "rot_q": query.transpose(1, 2).float(), "rot_k": key.transpose(1, 2).float()}
-                contexts = [ctx(layer, {s: tensors[s] for s in c.statistic.needs}) for c in captures]
-                for capture, result in zip(captures, fold_statistics(captures, chunks, contexts)):
+                def chunks(heads):
+                    return pattern_rows(query, key, mask, scaling, softcap=kwargs.get("softcap"),
+                                        sliding_window=kwargs.get("sliding_window"),
+                                        causal=getattr(module, "is_causal", True), heads=heads, chunk=self.row_chunk)
+
+                for capture, result in zip(captures, fold_statistics(captures, contexts, chunks, weighted)):
                     out.captured.setdefault(capture.name, {})[layer] = result
                 stash.clear()
             return output, None
