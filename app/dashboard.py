@@ -1,25 +1,58 @@
-"""Dash layout and callbacks."""
+"""Dash layout and callbacks.
+
+Stored values reach the page as text only: Dash components and DataTable cells render strings
+as text (no markdown, no raw HTML), cells that are not plain values are shown as their text,
+and figures come from ``posbench.render`` (drawn from an HTML-escaped copy of the result).
+A damaged or foreign store is shown as an error, not as an empty store.
+"""
 
 from __future__ import annotations
 
 import dash
 from dash import Input, Output, dash_table, dcc, html
 
-from posbench.render import render
+from posbench.errors import StoreError
+from posbench.render import render, safe_id
 
 from .service import ResultsService
+
+_ERROR_STYLE = {"color": "#a00", "fontWeight": 600, "margin": "0.5rem 0"}
+
+
+def _cell(value):
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 def _table(frame, table_id: str | None = None, page_size: int = 12):
     kwargs = {"id": table_id} if table_id else {}
+    frame = frame.rename(columns=str)
     return dash_table.DataTable(
-        data=frame.to_dict("records"),
-        columns=[{"name": str(c), "id": str(c)} for c in frame.columns],
+        data=[{k: _cell(v) for k, v in row.items()} for row in frame.to_dict("records")],
+        columns=[{"name": c, "id": c} for c in frame.columns],
         page_size=page_size,
         style_table={"overflowX": "auto"},
         style_cell={"fontFamily": "system-ui, sans-serif", "fontSize": 13, "textAlign": "left", "padding": "4px"},
         **kwargs,
     )
+
+
+def run_view(rendered) -> list:
+    """The components of one run: every stored string goes in as text (a component's children
+    or a table cell), never as markup."""
+    parts = [html.H2(rendered.title, id="run-title"), html.Div(rendered.meta, id="run-meta", style={"color": "#666"})]
+    if rendered.interventions:
+        parts.append(html.P("Interventions: " + rendered.interventions, id="run-interventions"))
+    for problem in rendered.problems:
+        parts.append(html.P(f"Not shown: {problem}", style=_ERROR_STYLE))
+    parts.append(html.H3("Summary"))
+    parts.append(_table(rendered.summary, "summary", page_size=40))
+    parts.append(html.Details([html.Summary("configuration"), html.Pre(rendered.config, id="run-config")]))
+    for title, frame in rendered.tables.items():
+        parts.append(html.H3(title))
+        parts.append(_table(frame))
+    for name, fig in rendered.figures.items():
+        parts.append(dcc.Graph(id=f"fig-{safe_id(name)}", figure=fig))
+    return parts
 
 
 def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
@@ -31,6 +64,7 @@ def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
         children=[
             html.H1("posbench", style={"marginBottom": 0}),
             html.Div(f"results store: {service.store_path}", id="store-path", style={"color": "#666"}),
+            html.Div(id="store-error", style=_ERROR_STYLE),
             dcc.Interval(id="refresh", interval=refresh_ms),
             html.Div(
                 style={"display": "flex", "gap": "1rem", "margin": "1rem 0"},
@@ -56,12 +90,15 @@ def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
         Output("model-filter", "options"), Output("probe-filter", "options"), Input("refresh", "n_intervals")
     )
     def refresh_choices(_):
-        models, probes = service.choices()
-        return models, probes
+        try:
+            return service.choices()
+        except StoreError:
+            return [], []  # the run list shows the error
 
     @app.callback(
         Output("runs", "data"),
         Output("runs", "selected_rows"),
+        Output("store-error", "children"),
         Input("model-filter", "value"),
         Input("probe-filter", "value"),
         Input("refresh", "n_intervals"),
@@ -69,31 +106,27 @@ def create_app(store_path, refresh_ms: int = 5000) -> dash.Dash:
         dash.State("runs", "data"),
     )
     def list_runs(model, probe, _tick, selected, previous):
-        frame = service.runs(model, probe)
+        try:
+            frame = service.runs(model, probe)
+        except StoreError as err:
+            return [], [], f"Cannot read the results store: {err}"
         records = frame.to_dict("records")
         if previous is not None and records == previous and (selected or not records):
-            return dash.no_update, dash.no_update  # nothing new: do not re-render the table
+            return dash.no_update, dash.no_update, None  # nothing new: do not re-render the table
         if previous and selected:  # keep the selected run selected across refreshes
             chosen = previous[selected[0]]["run_id"] if selected[0] < len(previous) else None
             ids = [r["run_id"] for r in records]
-            return records, [ids.index(chosen)] if chosen in ids else ([0] if records else [])
-        return records, [0] if records else []
+            return records, [ids.index(chosen)] if chosen in ids else ([0] if records else []), None
+        return records, [0] if records else [], None
 
     @app.callback(Output("run-view", "children"), Input("runs", "selected_rows"), Input("runs", "data"))
     def show_run(selected, rows):
         if not rows or not selected or selected[0] >= len(rows):
             return html.P("No runs yet: `posbench run sinks --model smollm2-135m-instruct` stores one.", id="empty")
-        rendered = render(service.result(rows[selected[0]]["run_id"]))
-        parts = [html.H2(rendered.title, id="run-title"), html.Div(rendered.meta, style={"color": "#666"})]
-        if rendered.interventions:
-            parts.append(html.P("Interventions: " + rendered.interventions, id="run-interventions"))
-        parts.append(html.H3("Summary"))
-        parts.append(_table(rendered.summary, "summary", page_size=40))
-        for title, frame in rendered.tables.items():
-            parts.append(html.H3(title))
-            parts.append(_table(frame))
-        for name, fig in rendered.figures.items():
-            parts.append(dcc.Graph(id=f"fig-{name}", figure=fig))
-        return parts
+        try:
+            rendered = render(service.result(rows[selected[0]]["run_id"]))
+        except StoreError as err:
+            return html.P(f"Cannot show this run: {err}", id="run-error", style=_ERROR_STYLE)
+        return run_view(rendered)
 
     return app

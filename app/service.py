@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from posbench.errors import StoreError
-from posbench.protocols import ProbeResult
+from posbench.errors import StoreMissingError
+from posbench.protocols import ProbeResult, intervention_label
 from posbench.store import Store
+
+RUN_COLUMNS = ["run_id", "created_at", "model_id", "probe", "interventions", "data_digest"]
 
 
 class ResultsService:
-    """Everything the dashboard shows, read from the store (never written)."""
+    """Everything the dashboard shows, read from the store (never written).
+
+    A store that does not exist yet reads as empty; a damaged or foreign one raises
+    ``StoreError``, which the dashboard shows instead of an empty page.
+    """
 
     def __init__(self, store_path: str | Path):
         self.store_path = Path(store_path)
@@ -22,21 +28,18 @@ class ResultsService:
     def _store(self) -> Store | None:
         try:
             return Store(self.store_path, readonly=True)
-        except StoreError:
+        except StoreMissingError:
             return None
 
     def runs(self, model: str | None = None, probe: str | None = None) -> pd.DataFrame:
         store = self._store()
-        columns = ["run_id", "created_at", "model_id", "probe", "interventions", "data_digest"]
         if store is None:
-            return pd.DataFrame(columns=columns)
+            return pd.DataFrame(columns=RUN_COLUMNS)
         frame = store.runs(model=model or None, probe=probe or None)
         frame["interventions"] = frame["interventions"].map(
-            lambda ivs: " + ".join(
-                f"{iv['name']}({', '.join(f'{k}={v}' for k, v in iv['params'].items())})" for iv in ivs
-            ) if ivs else "none"
+            lambda ivs: " + ".join(intervention_label(iv) for iv in ivs) if ivs else "none"
         )
-        return frame[columns]
+        return frame[RUN_COLUMNS]
 
     def choices(self) -> tuple[list[str], list[str]]:
         frame = self.runs()
@@ -48,5 +51,5 @@ class ResultsService:
     def _load_uncached(self, run_id: str) -> ProbeResult:
         store = self._store()
         if store is None:
-            raise StoreError(f"no results store at {self.store_path}")
+            raise StoreMissingError(f"no results store at {self.store_path}")
         return store.load(run_id)

@@ -8,16 +8,40 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import importlib
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import PosbenchError
-from .batch import Batch, position_ids_from_mask
-from .model import HookedModel, load_model
-from .protocols import Intervention, Probe, ProbeResult
-from .store import Store
-from .zoo import ZOO
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batch import Batch, position_ids_from_mask
+    from .model import HookedModel, load_model
+    from .protocols import Intervention, Probe, ProbeResult
+    from .store import Store
+    from .zoo import ZOO
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562), so that `import posbench` - and `posbench --help` - does not
+# pay for torch, transformers and pandas until something needs them.
+_LAZY = {
+    "Batch": "batch", "position_ids_from_mask": "batch", "HookedModel": "model", "load_model": "model",
+    "Intervention": "protocols", "Probe": "protocols", "ProbeResult": "protocols", "Store": "store", "ZOO": "zoo",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)  # a submodule, e.g. posbench.registry
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'posbench' has no attribute '{name}'") from None
+    globals()[name] = value
+    return value
 
 
 def run(probe: str, model: HookedModel, data: Any = None, interventions: Sequence[Intervention] = (), **config) -> ProbeResult:

@@ -1,21 +1,29 @@
-"""The ``posbench`` command line: models, run, runs, report.
+"""The ``posbench`` command line: models, run, runs, report, import, dashboard.
 
-Exit codes: 0 success, 2 bad input (unknown model/probe, malformed option or data, text longer
-than the context, unwritable store), 1 unexpected failure. Errors are one line on stderr.
+Exit codes: 0 success; 2 bad input (unknown model/probe, malformed option, spec or data, a
+request over the limits, an unusable store or output path), always one line on stderr
+(``posbench: error: ...``) with nothing run and nothing stored; 3 a result was computed but the
+store could not take it: it is in a recovery file that ``posbench import`` stores later; 1 an
+unexpected failure (a bug: please report it with the traceback). Warnings are one line too.
+
+Heavy libraries (torch, transformers, pandas, plotly) are imported only by the commands that
+need them, so ``posbench --help`` and ``posbench models`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from .errors import BadOptionError, PosbenchError
-from .options import parse_pairs
+from .errors import BadOptionError, OutputPathError, PosbenchError, PosbenchWarning, StoreBusyError
+from .options import coerce, parse_pairs
 
 
 def _say(msg: str) -> None:
@@ -24,6 +32,41 @@ def _say(msg: str) -> None:
 
 def _progress_printer(msg: str) -> None:
     _say(f"posbench: {msg}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, PosbenchWarning):
+        _say(f"posbench: warning: {message}")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+# ---------------------------------------------------------------------------- output paths
+def _writable_folder(path: Path, flag: str) -> None:
+    """``path`` is a folder that exists or can be created: checked before any work is done."""
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a file, not a folder: pass a folder path (it is created if missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{flag} {path} cannot be created: {existing} is a file; pass another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path} cannot be written: {existing} is not writable; pass another folder")
+
+
+def _writable_file(path: Path, flag: str) -> None:
+    """``path`` is a file that can be written in a folder that exists: checked before any work."""
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a folder: pass a file path such as {path / 'run.json'}")
+    if not path.parent.is_dir():
+        raise OutputPathError(f"{flag} {path}: folder {path.parent} does not exist; create it or pass another path")
+    target = path if path.exists() else path.parent
+    if not os.access(target, os.W_OK):
+        raise OutputPathError(f"{flag} {path} is not writable: fix its permissions or pass another path")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -50,32 +93,58 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _flag_options(probe_cls, flag: str, value: int, fields: list[str], owner: str) -> dict[str, Any]:
+    """A convenience flag (``--n``, ``--seq-len``) as probe options; errors name the flag."""
+    if not fields:
+        raise BadOptionError(f"{flag} does not apply to probe '{probe_cls.name}': see `posbench run --help`")
+    out = {}
+    for field in fields:
+        v = value + (value % 2 if field == "n_random" else 0)  # random sequences come in pairs
+        try:
+            out[field] = coerce(probe_cls.Config, field, v, owner)
+        except BadOptionError as err:
+            raise BadOptionError(f"{flag} {value}: {err}") from None
+    return out
+
+
 def _prepare_run(args, probe_name: str):
-    """Validate everything that can be validated before a model is loaded."""
+    """Validate everything that can be validated before a model is loaded: options, data,
+    interventions, output paths, the store and the size of the request."""
+    from .limits import check_request
     from .registry import get_probe, parse_intervention
     from .store import Store
 
     probe_cls = get_probe(probe_name)
     owner = f"probe '{probe_cls.name}'"
-    fields = {f.name for f in dataclasses.fields(probe_cls.Config)}
+    fields = [f.name for f in dataclasses.fields(probe_cls.Config)]
     options = parse_pairs(probe_cls.Config, args.option or [], owner)
     data, data_options = (None, {}) if args.data is None else probe_cls.load_data(args.data)
     options.update(data_options)
     if args.seq_len is not None:
-        if "seq_len" not in fields:
-            raise BadOptionError(f"--seq-len does not apply to probe '{probe_cls.name}'")
-        options.update(parse_pairs(probe_cls.Config, [f"seq_len={args.seq_len}"], owner))
+        options.update(_flag_options(probe_cls, "--seq-len", args.seq_len, [f for f in fields if f == "seq_len"], owner))
     if args.n is not None:  # sequences per input kind, whatever the probe calls it
         targets = [f for f in ("n_sequences", "n_natural", "n_random") if f in fields]
-        if not targets:
-            raise BadOptionError(f"--n does not apply to probe '{probe_cls.name}'")
-        for field in targets:
-            value = args.n + (args.n % 2 if field == "n_random" else 0)  # random sequences come in pairs
-            options.update(parse_pairs(probe_cls.Config, [f"{field}={value}"], owner))
+        options.update(_flag_options(probe_cls, "--n", args.n, targets, owner))
     probe = probe_cls(**options)
     interventions = [parse_intervention(s) for s in (args.intervention or [])]
-    store = Store(args.store)  # fails now if unwritable, before any compute
+    if args.json:
+        _writable_file(Path(args.json), "--json")
+    check_request(probe)
+    store = Store(args.store)  # fails now if unwritable or foreign, before any compute
     return probe, data, interventions, store
+
+
+def _write_json(path: str, payload: dict[str, Any], stored: str) -> None:
+    try:
+        Path(path).write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    except OSError as err:
+        raise OutputPathError(f"{stored}, but --json {path} could not be written ({err.strerror}): pass another path") from None
+
+
+def _print_summary(head: str, result) -> None:
+    print(head)
+    for k, v in result.summary.items():
+        print(f"  {k}: {v}")
 
 
 def cmd_run(args) -> int:
@@ -85,16 +154,23 @@ def cmd_run(args) -> int:
     model = load_model(args.model, progress=_progress_printer)
     _say(f"posbench: running {probe.name} on {model.model_id}")
     result = probe.run(model, data=data, interventions=interventions, progress=not args.quiet)
-    run_id = store.save(result)
-    print(f"run {run_id}: {result.title()}  (store: {store.path})")
-    for k, v in result.summary.items():
-        print(f"  {k}: {v}")
+    try:
+        run_id = store.save(result)
+    except StoreBusyError as err:
+        _print_summary(f"run {result.run_id}: {result.title()}  (NOT stored: see below)", result)
+        if args.json:
+            _write_json(args.json, {"run_id": result.run_id, "stored": False, "recovery_file": str(err.recovery_path),
+                                    "summary": result.summary}, f"run {result.run_id} is in {err.recovery_path}")
+        raise
+    _print_summary(f"run {run_id}: {result.title()}  (store: {store.path})", result)
     if args.json:
-        Path(args.json).write_text(json.dumps({"run_id": run_id, "summary": result.summary}, indent=1, default=str))
+        _write_json(args.json, {"run_id": run_id, "stored": True, "summary": result.summary},
+                    f"run {run_id} was saved in {store.path}")
     return 0
 
 
 def cmd_runs(args) -> int:
+    from .protocols import intervention_label
     from .store import Store
 
     store = Store(args.store, readonly=True)
@@ -103,7 +179,7 @@ def cmd_runs(args) -> int:
         print(f"no runs in {store.path}")
         return 0
     frame["interventions"] = frame["interventions"].map(
-        lambda ivs: "+".join(iv["name"] for iv in ivs) if ivs else "-"
+        lambda ivs: " + ".join(intervention_label(iv) for iv in ivs) if ivs else "-"
     )
     print(frame[["run_id", "created_at", "model_id", "probe", "interventions", "data_digest"]].to_string(index=False))
     return 0
@@ -115,9 +191,11 @@ def cmd_report(args) -> int:
     from .report import write_report
     from .store import Store
 
+    out = Path(args.out) if args.out else Path("posbench-report") / args.model.replace("/", "__")
+    _writable_folder(out, "--out")
     store = Store(args.store)
     model = load_model(args.model, progress=_progress_printer)
-    results, skipped = [], {}
+    results, skipped, unsaved = [], {}, []
     for name, probe_cls in probes().items():
         if not probe_cls.reported:
             continue
@@ -131,22 +209,56 @@ def cmd_report(args) -> int:
         if run_id is None:
             _say(f"posbench: running {name} on {model.model_id} (not in the store yet)")
             result = probe.run(model, progress=not args.quiet)
-            store.save(result)
+            try:
+                store.save(result)
+            except StoreBusyError as err:  # keep going: the result is safe and still goes in the report
+                _say(f"posbench: warning: {err}")
+                unsaved.append(err)
         else:
             _say(f"posbench: using stored run {run_id} of {name}")
             result = store.load(run_id)
         results.append(result)
-    out = Path(args.out) if args.out else Path("posbench-report") / model.model_id.replace("/", "__")
     index = write_report(model.card, results, out, log=_progress_printer, skipped=skipped)
     print(index)
+    return StoreBusyError.exit_code if unsaved else 0
+
+
+def cmd_import(args) -> int:
+    from .store import Store
+
+    store = Store(args.store)
+    for path in args.files:
+        run_id, new = store.import_bundle(path)
+        if new:
+            print(f"imported run {run_id} from {path} into {store.path} (you may delete {path})")
+        else:
+            print(f"run {run_id} from {path} is already in {store.path}")
     return 0
 
 
-def cmd_dashboard(args) -> int:
-    from .app import create_app
-    from .store import default_store_path
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    path = Path(args.store) if args.store else default_store_path()
+
+def cmd_dashboard(args) -> int:
+    from .store import Store, default_store_path
+
+    path = Path(args.store).expanduser() if args.store else default_store_path()
+    if path.exists():
+        Store(path, readonly=True)  # a foreign, damaged or unreadable store is an error now, not an empty page
+    if not _is_loopback(args.host):
+        _say(
+            f"posbench: warning: the dashboard has no authentication: --host {args.host} lets anyone who can reach "
+            f"this machine on port {args.port} read every stored run; keep the default 127.0.0.1 (use an SSH tunnel "
+            "to view it remotely) unless you trust that network"
+        )
+    from .app import create_app
+
     app = create_app(path)
     _say(f"posbench: dashboard for {path} on http://{args.host}:{args.port}/")
     app.run(host=args.host, port=args.port, debug=False)
@@ -154,10 +266,61 @@ def cmd_dashboard(args) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """One-line usage errors (``posbench: error: ...``, exit 2) and help texts built on demand
+    (``lazy_epilog``), so that building the parser imports nothing heavy."""
+
+    lazy_epilog: Callable[[], str] | None = None
+
+    def error(self, message: str):
+        self.exit(2, f"posbench: error: {message} (see `{self.prog} --help`)\n")
+
+    def format_help(self) -> str:
+        if self.lazy_epilog is not None:
+            self.epilog = self.lazy_epilog()
+        return super().format_help()
+
+
+class _Once(argparse.Action):
+    """A single-valued flag that refuses to be given twice (argparse would keep the last)."""
+
+    def __init__(self, *args, hint: str = "give it once", **kwargs):
+        self.hint = hint
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given", set())
+        if self.dest in given:
+            flag = max(self.option_strings, key=len)
+            parser.error(f"{flag} given twice ({getattr(namespace, self.dest)!r} and {values!r}): {self.hint}")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port '{text}' is not a number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 1-65535")
+    return port
+
+
+def _run_epilog() -> str:
     from .registry import interventions, probes
 
-    parser = argparse.ArgumentParser(
+    probe_lines = "\n".join(f"  {n:18s} {c.summary}" for n, c in probes().items())
+    iv_lines = "\n".join(f"  {n:18s} {c.summary}; {c.spec_help}" for n, c in interventions().items())
+    return f"probes:\n{probe_lines}\n\ninterventions (--intervention NAME:ARGS):\n{iv_lines}"
+
+
+STORE_HELP = ("results database (default $POSBENCH_STORE, else $XDG_DATA_HOME/posbench/results.sqlite, "
+              "i.e. ~/.local/share/posbench/results.sqlite)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="posbench",
         description="Mechanistic-interpretability workbench for position effects in transformer LMs.",
     )
@@ -168,31 +331,29 @@ def build_parser() -> argparse.ArgumentParser:
     p_models.add_argument("--cards", action="store_true", help="load each model and print its model card")
     p_models.set_defaults(func=cmd_models)
 
-    probe_lines = "\n".join(f"  {n:18s} {c.summary}" for n, c in probes().items())
-    iv_lines = "\n".join(f"  {n:18s} {c.summary}; {c.spec_help}" for n, c in interventions().items())
     p_run = sub.add_parser(
         "run",
         help="run one probe and store the result",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a probe on a model and save the result in the results store.",
-        epilog=f"probes:\n{probe_lines}\n\ninterventions (--intervention NAME:ARGS):\n{iv_lines}",
     )
-    p_run.add_argument("probe", help=f"one of: {', '.join(probes())}")
-    p_run.add_argument("--model", "-m", required=True, help="zoo alias, local folder or HuggingFace hub name")
-    p_run.add_argument("--data", help="the probe's data: a .txt/.jsonl file of texts (sinks also takes input kinds natural,random,repeated)")
+    p_run.lazy_epilog = _run_epilog
+    p_run.add_argument("probe", help="a registered probe (listed below)")
+    p_run.add_argument("--model", "-m", required=True, action=_Once, help="zoo alias, local folder or HuggingFace hub name")
+    p_run.add_argument("--data", action=_Once, help="the probe's data: a .txt/.jsonl file of texts (sinks also takes input kinds natural,random,repeated)")
     p_run.add_argument("--intervention", "-i", action="append", metavar="NAME:ARGS", help="repeatable; composes")
     p_run.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="probe setting, repeatable")
-    p_run.add_argument("--n", type=int, help="sequences per input kind")
-    p_run.add_argument("--seq-len", type=int, help="tokens per sequence")
-    p_run.add_argument("--store", help="results database (default posbench-results/results.sqlite or $POSBENCH_STORE)")
-    p_run.add_argument("--json", metavar="PATH", help="also write the run id and summary as JSON")
+    p_run.add_argument("--n", type=int, action=_Once, help="sequences per input kind")
+    p_run.add_argument("--seq-len", type=int, action=_Once, help="tokens per sequence")
+    p_run.add_argument("--store", action=_Once, help=STORE_HELP)
+    p_run.add_argument("--json", action=_Once, metavar="PATH", help="also write the run id and summary as JSON")
     p_run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p_run.set_defaults(func=cmd_run)
 
     p_runs = sub.add_parser("runs", help="list stored runs", description="List stored runs, newest first.")
-    p_runs.add_argument("--store", help="results database")
-    p_runs.add_argument("--model", help="only this model")
-    p_runs.add_argument("--probe", help="only this probe")
+    p_runs.add_argument("--store", action=_Once, help=STORE_HELP)
+    p_runs.add_argument("--model", action=_Once, help="only this model")
+    p_runs.add_argument("--probe", action=_Once, help="only this probe")
     p_runs.set_defaults(func=cmd_runs)
 
     p_rep = sub.add_parser(
@@ -201,18 +362,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every reported probe that is missing from the store, then write "
         "OUT/index.html (opens offline), OUT/results.json and OUT/tables/*.csv.",
     )
-    p_rep.add_argument("--model", "-m", default=None, help="zoo alias, folder or hub name (default smollm2-135m-instruct)")
-    p_rep.add_argument("--out", "-o", help="output folder (default posbench-report/MODEL)")
-    p_rep.add_argument("--store", help="results database")
+    p_rep.add_argument("--model", "-m", default=None, action=_Once,
+                       hint="a report covers one model: run `posbench report` once per model",
+                       help="zoo alias, folder or hub name (default smollm2-135m-instruct)")
+    p_rep.add_argument("--out", "-o", action=_Once, help="output folder (default posbench-report/MODEL)")
+    p_rep.add_argument("--store", action=_Once, help=STORE_HELP)
     p_rep.add_argument("--rerun", action="store_true", help="run the probes again even if stored")
     p_rep.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p_rep.set_defaults(func=cmd_report)
 
+    p_imp = sub.add_parser(
+        "import", help="store results saved in recovery files",
+        description="Store the results that posbench saved in recovery files (*.posbench.zip) because the store "
+        "was busy or unwritable. Importing a result twice stores it once.",
+    )
+    p_imp.add_argument("files", nargs="+", metavar="FILE", help="recovery files")
+    p_imp.add_argument("--store", action=_Once, help=STORE_HELP)
+    p_imp.set_defaults(func=cmd_import)
+
     p_dash = sub.add_parser("dashboard", help="browse stored runs in the browser (Dash)",
-                            description="Serve the posbench dashboard over a results store (read-only).")
-    p_dash.add_argument("--store", help="results database")
-    p_dash.add_argument("--host", default="127.0.0.1")
-    p_dash.add_argument("--port", type=int, default=8050)
+                            description="Serve the posbench dashboard over a results store (read-only). It has no "
+                            "authentication: keep it on 127.0.0.1.")
+    p_dash.add_argument("--store", action=_Once, help=STORE_HELP)
+    p_dash.add_argument("--host", default="127.0.0.1", action=_Once,
+                        help="interface to listen on (default 127.0.0.1; anything else warns: no authentication)")
+    p_dash.add_argument("--port", type=_port, default=8050, action=_Once)
     p_dash.set_defaults(func=cmd_dashboard)
     return parser
 
@@ -220,19 +394,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error (2), already printed
+        return done.code if isinstance(done.code, int) else 2
     if getattr(args, "command", None) == "report" and args.model is None:
         from .zoo import DEFAULT_MODEL
 
         args.model = DEFAULT_MODEL
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except PosbenchError as err:
-        _say(f"posbench: error: {err}")
+        _say(f"posbench: error: {' '.join(str(err).split())}")
         return err.exit_code
     except KeyboardInterrupt:
         _say("posbench: interrupted; nothing partial was stored")
         return 130
+    finally:
+        warnings.showwarning = _default_showwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -220,6 +220,13 @@ class HookedModel:
             overrides.extend(intervention.attention_overrides(self))
         return self.backend.run(batch, captures, edits=edits, overrides=overrides, logits=logits)
 
+    def attention_rows_held(self, tokens: int) -> int:
+        """Query rows of one layer's attention matrix a pass over ``tokens``-token sequences
+        holds at once under the active interventions: ``tokens`` on eager layers, one chunk when
+        all run fast (what ``posbench.limits`` plans memory with)."""
+        overrides = [o for intervention in self._interventions for o in intervention.attention_overrides(self)]
+        return self.backend.attention_rows_held(tokens, overrides)
+
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [B, T, vocab] for a batch, under the active interventions."""
         return self.run(batch, logits=True).logits
@@ -320,7 +327,7 @@ def _boot(hf_model, tokenizer, model_id: str, source: str, attn_implementation: 
     return HookedModel(backend, hf_model, tokenizer, model_id, source, card)
 
 
-def _from_pretrained(name: str, dtype, device, source: str, attn_implementation: str, model_id: str | None = None) -> HookedModel:
+def _read_pretrained(name: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -328,7 +335,28 @@ def _from_pretrained(name: str, dtype, device, source: str, attn_implementation:
 
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
+    return model, tokenizer
+
+
+def _from_pretrained(name: str, dtype, device, source: str, attn_implementation: str, model_id: str | None = None) -> HookedModel:
+    model, tokenizer = _read_pretrained(name, dtype)
     return _boot(model.to(device), tokenizer, model_id or name, source, attn_implementation)
+
+
+def _from_folder(folder: Path, name: str, dtype, device, attn_implementation: str) -> HookedModel:
+    """A local checkpoint folder, or a clear error when it is not one."""
+    fix = ("pass a folder written by save_pretrained (config.json, the weights and the tokenizer files) "
+           "or a zoo alias (`posbench models`)")
+    if not (folder / "config.json").is_file():
+        raise UnknownModelError(f"folder {name} is not a HuggingFace checkpoint (it has no config.json): {fix}")
+    try:
+        model, tokenizer = _read_pretrained(str(folder), dtype)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # what transformers raises
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UnknownModelError(
+            f"cannot load the checkpoint in folder {name} ({type(err).__name__}: {first}): {fix}"
+        ) from err
+    return _boot(model.to(device), tokenizer, name, f"local folder {name}", attn_implementation)
 
 
 def load_model(
@@ -368,8 +396,14 @@ def load_model(
         folder = embedded_checkpoint(name, progress=progress)
         return _from_pretrained(str(folder), dtype, device, entry.source, attn_implementation, model_id=name)
 
-    if Path(name).expanduser().is_dir():
-        return _from_pretrained(str(Path(name).expanduser()), dtype, device, f"local folder {name}", attn_implementation)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _from_folder(local, name, dtype, device, attn_implementation)
+    if local.exists():
+        raise UnknownModelError(
+            f"model path {name} is a file, not a checkpoint folder: pass the folder that holds config.json, "
+            "the weights and the tokenizer (or a zoo alias, `posbench models`)"
+        )
 
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if not looks_like_hub_id:
@@ -387,3 +421,40 @@ def load_model(
             "name and your network, or use a zoo alias / local folder (`posbench models`)"
         ) from err
 
+
+
+def load_card(spec: str, progress: Callable[[str], None] | None = None, attn_implementation: str = "sdpa") -> ModelCard:
+    """A model's card without loading its weights: the architecture is built on the meta device
+    from the config (no memory, no compute), the tokenizer is read as usual. Embedded models are
+    dequantized once first if they are not cached yet. ``attn_implementation`` as for
+    ``load_model``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .backends.transformer_lens import check_attn_implementation
+
+    check_attn_implementation(attn_implementation)
+
+    name = str(spec)
+    if name in ZOO and ZOO[name].kind == "tiny":
+        model, tokenizer = build_tiny(name)
+        source = ZOO[name].source
+    else:
+        if name in ZOO:
+            folder, source = str(embedded_checkpoint(name, progress=progress)), ZOO[name].source
+        elif Path(name).expanduser().is_dir():
+            folder, source = str(Path(name).expanduser()), f"local folder {name}"
+        else:
+            folder, source = name, f"HuggingFace hub {name}"
+        try:
+            config = AutoConfig.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except OSError as err:
+            raise UnknownModelError(
+                f"could not read the config of '{name}' ({type(err).__name__}): use a zoo alias, a checkpoint "
+                "folder, or a hub name with the network on (`posbench models`)"
+            ) from err
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    card = build_card(name, source, model, tokenizer)
+    card.attn_implementation = attn_implementation
+    return card

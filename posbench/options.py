@@ -6,20 +6,31 @@ the annotation gives the type, ``option`` the bounds, choices and help (scikit-l
 (text) or the dashboard form into the declared type or raises one clear ``BadOptionError``;
 ``validate`` does it for every field of a config. The CLI, the Python API and the dashboard all
 go through here, so a new probe inherits its validation.
+
+Intervention specs (``--intervention NAME:key=value;key=value``) are parsed here too
+(``parse_spec``), against the intervention's own ``Config``, so interventions share one grammar:
+integer lists take ranges (``0-3,7``), checked against the declared bounds *before* a range is
+expanded (``pairs=0-99999999`` is refused, not allocated). See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import BadOptionError
+from .limits import COUNT_CEILINGS
 
 _MISSING = dataclasses.MISSING
+
+MAX_LIST_ITEMS = 100_000  # elements a list option may expand to (ranges included)
+_RANGE = re.compile(r"^\s*([+-]?\d+)\s*-\s*([+-]?\d+)\s*$")
 
 
 def option(
@@ -30,14 +41,24 @@ def option(
     choices: Sequence[Any] | None = None,
     help: str = "",
     nonempty: bool = False,
+    check: Callable[[Any], str | None] | None = None,
+    counts: str | None = None,
+    form: str | None = None,
 ) -> Any:
     """A config field with its bounds (inclusive), allowed values and help text.
 
-    For tuple fields, ``min``/``max``/``choices`` apply to every element and ``nonempty``
-    requires at least one element.
+    For tuple fields, ``min``/``max``/``choices``/``check`` apply to every element and
+    ``nonempty`` requires at least one element. ``check(value)`` returns why a (coerced) value
+    is unusable, or None. ``counts`` says what an integer option sizes, for the memory estimate
+    (``posbench.limits``): ``"sequences"`` (how many sequences run), ``"tokens"`` (tokens per
+    sequence) or ``"batch"`` (sequences per forward pass); without a ``max`` such an option gets
+    the ceiling ``posbench.limits.COUNT_CEILINGS`` sets for what it counts. ``form`` names what
+    one value looks like in help and errors (e.g. ``"LAYER.HEAD"``) instead of its type.
     """
+    if counts not in (None, *COUNT_CEILINGS):
+        raise ValueError(f"counts must be None or one of {', '.join(COUNT_CEILINGS)}, got {counts!r}")
     meta = {"min": min, "max": max, "choices": tuple(choices) if choices is not None else None, "help": help,
-            "nonempty": nonempty}
+            "nonempty": nonempty, "check": check, "counts": counts, "form": form}
     if isinstance(default, (list, tuple)):
         return dataclasses.field(default_factory=lambda d=tuple(default): d, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -57,10 +78,13 @@ class OptionSpec:
     choices: tuple[Any, ...] | None
     help: str
     nonempty: bool
+    check: Callable[[Any], str | None] | None = None
+    counts: str | None = None
+    form: str | None = None
 
     @property
     def type_text(self) -> str:
-        base = {int: "integer", float: "number", bool: "true/false", str: "text"}[self.kind]
+        base = self.form or {int: "integer", float: "number", bool: "true/false", str: "text"}[self.kind]
         text = f"comma-separated {base}s" if self.is_tuple else base
         if self.choices:
             text += " from " + "|".join(map(str, self.choices))
@@ -94,18 +118,29 @@ def specs(config_cls: type) -> dict[str, OptionSpec]:
         default = f.default if f.default is not _MISSING else (
             f.default_factory() if f.default_factory is not _MISSING else None)
         m = f.metadata
-        out[f.name] = OptionSpec(f.name, kind, is_tuple, optional, default, m.get("min"), m.get("max"),
-                                 m.get("choices"), m.get("help", ""), m.get("nonempty", False))
+        ceiling = m.get("max")
+        if ceiling is None and m.get("counts"):
+            ceiling = COUNT_CEILINGS[m["counts"]]
+        out[f.name] = OptionSpec(f.name, kind, is_tuple, optional, default, m.get("min"), ceiling,
+                                 m.get("choices"), m.get("help", ""), m.get("nonempty", False), m.get("check"),
+                                 m.get("counts"), m.get("form"))
     return out
+
+
+def _bad(spec: OptionSpec, owner: str, shown: Any, reason: str = "") -> BadOptionError:
+    return BadOptionError(f"bad option {spec.name}={_show(shown)} for {owner}: expected {spec.type_text}{reason}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _scalar(value: Any, spec: OptionSpec, owner: str, shown: Any) -> Any:
     kind = spec.kind
 
     def bad(reason: str = ""):
-        return BadOptionError(
-            f"bad option {spec.name}={shown!r} for {owner}: expected {spec.type_text}{reason}"
-        )
+        return _bad(spec, owner, shown, reason)
 
     if isinstance(value, str):
         text = value.strip()
@@ -130,13 +165,17 @@ def _scalar(value: Any, spec: OptionSpec, owner: str, shown: Any) -> Any:
             value = text
     if kind is bool and not isinstance(value, bool):
         raise bad()
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        if isinstance(value, float) and value.is_integer():
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, numbers.Integral):  # numpy and torch integers too
+            value = int(value)
+        elif isinstance(value, numbers.Real) and float(value).is_integer():
             value = int(value)
         else:
             raise bad()
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise bad()
         value = float(value)
         if math.isnan(value):
@@ -146,10 +185,34 @@ def _scalar(value: Any, spec: OptionSpec, owner: str, shown: Any) -> Any:
     if spec.choices is not None and value not in spec.choices:
         raise bad(f" ({value!r} is not one of them)" if spec.is_tuple else "")
     if spec.min is not None and value < spec.min:
-        raise bad()
+        raise bad(f" ({value!r} is below {spec.min:g})" if spec.is_tuple else "")
     if spec.max is not None and value > spec.max:
-        raise bad()
+        raise bad(f" ({value!r} is above {spec.max:g})" if spec.is_tuple else "")
+    if spec.check is not None:
+        reason = spec.check(value)
+        if reason:
+            raise bad(f" ({reason})")
     return value
+
+
+def _list_items(text: str, spec: OptionSpec, owner: str) -> list[Any]:
+    """Comma-separated items; integer lists also take ranges ``LOW-HIGH``, whose ends are checked
+    against the bounds before the range is expanded."""
+    out: list[Any] = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        match = _RANGE.match(item) if spec.kind is int else None
+        if match is None:
+            out.append(_scalar(item, spec, owner, text))
+            continue
+        lo, hi = (_scalar(x, spec, owner, text) for x in match.groups())
+        if hi < lo:
+            raise _bad(spec, owner, text, f" (range {item} runs backwards: write LOW-HIGH, e.g. {hi}-{lo})")
+        if len(out) + (hi - lo + 1) > MAX_LIST_ITEMS:
+            raise _bad(spec, owner, text, f" (more than {MAX_LIST_ITEMS} values)")
+        out.extend(range(lo, hi + 1))
+    return out
 
 
 def coerce(config_cls: type, name: str, value: Any, owner: str = "") -> Any:
@@ -161,28 +224,40 @@ def coerce(config_cls: type, name: str, value: Any, owner: str = "") -> Any:
         raise BadOptionError(f"unknown option '{name}' for {owner}: it takes {', '.join(table)}")
     spec = table[name]
     shown = value
-    if value is None or (isinstance(value, str) and spec.optional and value.strip().lower() in ("none", "")):
+    blank = isinstance(value, str) and value.strip().lower() in ("none", "")
+    if value is None or (blank and spec.optional and not (spec.is_tuple and spec.nonempty and value.strip() == "")):
         if spec.optional:
             return None
-        raise BadOptionError(f"bad option {name}={shown!r} for {owner}: expected {spec.type_text}")
+        raise _bad(spec, owner, shown)
     if not spec.is_tuple:
         return _scalar(value, spec, owner, shown)
     if isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
+        items = _list_items(value, spec, owner)
+    elif isinstance(value, (list, tuple, range)):
+        if len(value) > MAX_LIST_ITEMS:
+            raise _bad(spec, owner, f"<{len(value)} values>", f" (more than {MAX_LIST_ITEMS} values)")
+        items = [_scalar(v, spec, owner, shown) for v in value]
     else:
-        items = [value]
-    out = tuple(_scalar(v, spec, owner, shown) for v in items)
-    if spec.nonempty and not out:
-        raise BadOptionError(f"bad option {name}={shown!r} for {owner}: give at least one value ({spec.type_text})")
-    return out
+        items = [_scalar(value, spec, owner, shown)]
+    if spec.nonempty and not items:
+        raise BadOptionError(f"bad option {name}={_show(shown)} for {owner}: give at least one value ({spec.type_text})")
+    return tuple(items)
 
 
 def validate(config: Any, owner: str = "") -> Any:
     """Every field of a config coerced and checked; returns the (new) config."""
     values = {f.name: coerce(type(config), f.name, getattr(config, f.name), owner) for f in dataclasses.fields(config)}
     return dataclasses.replace(config, **values)
+
+
+def build(config_cls: type, values: dict[str, Any], owner: str = "") -> Any:
+    """A validated ``config_cls`` from keyword values (an unknown key is a ``BadOptionError``)."""
+    owner = owner or config_cls.__name__
+    known = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise BadOptionError(f"unknown option(s) {', '.join(unknown)} for {owner}: it takes {', '.join(known)}")
+    return validate(config_cls(**values), owner)
 
 
 def parse_pairs(config_cls: type, pairs: Sequence[str], owner: str = "") -> dict[str, Any]:
@@ -195,6 +270,40 @@ def parse_pairs(config_cls: type, pairs: Sequence[str], owner: str = "") -> dict
             raise BadOptionError(f"malformed option '{pair}': write KEY=VALUE, e.g. --option seq_len=128")
         out[key] = coerce(config_cls, key, value, owner)
     return out
+
+
+def parse_spec(
+    config_cls: type,
+    text: str,
+    owner: str,
+    bare: Callable[[str], dict[str, Any]] | None = None,
+    grammar: str = "",
+) -> dict[str, Any]:
+    """An intervention spec ``key=value;key=value`` into typed, checked options of ``config_cls``.
+
+    A part without ``=`` goes to ``bare(part)``, which returns option values (text is fine: it is
+    coerced like the rest), e.g. ``0.25,highest`` for a RoPE band or ``3.1,4.2`` for heads. Keys
+    may use ``-`` for ``_``; a key given twice is an error. ``grammar`` is quoted in errors.
+    """
+    hint = f" ({grammar})" if grammar else ""
+    raw: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if sep:
+            items = {key.strip().replace("-", "_"): value}
+        elif bare is not None:
+            items = bare(part)
+        else:
+            raise BadOptionError(f"malformed part '{part}' in {owner}: write KEY=VALUE{hint}")
+        for k, v in items.items():
+            if not k:
+                raise BadOptionError(f"malformed part '{part}' in {owner}: a key is missing before '='{hint}")
+            if k in raw:
+                raise BadOptionError(f"option '{k}' is given twice in {owner}: give it once{hint}")
+            raw[k] = v
+    return {k: coerce(config_cls, k, v, owner) for k, v in raw.items()}
 
 
 def help_lines(config_cls: type) -> list[str]:

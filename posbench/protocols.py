@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .batch import Batch
     from .model import HookedModel
+    from .notebook import FigureSet
     from .sites import AttentionOverride, Edit
 
 
@@ -66,6 +67,9 @@ class Intervention(ABC):
     kind: ClassVar[str] = "activation"
     summary: ClassVar[str] = ""
     spec_help: ClassVar[str] = ""  # CLI grammar after "name:", e.g. "LAYER.HEAD[,LAYER.HEAD...]"
+    # The options dataclass (``posbench.options.option`` fields): ``from_spec`` parses
+    # ``key=value;key=value`` against it and constructors validate with ``options.build``.
+    Config: ClassVar[type | None] = None
 
     def edit_batch(self, batch: "Batch", model: "HookedModel") -> "Batch":
         """The batch this intervention runs instead (input edits)."""
@@ -90,8 +94,25 @@ class Intervention(ABC):
         return {"name": self.name, "params": self.params()}
 
     @classmethod
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        """Option values meant by a spec part without ``=`` (e.g. ``0.25,highest``); by default
+        every part must be ``KEY=VALUE``."""
+        raise BadOptionError(
+            f"malformed part '{part}' in --intervention {cls.name}: write KEY=VALUE ({cls.spec_help})"
+        )
+
+    @classmethod
     def from_spec(cls, arg: str) -> "Intervention":
-        raise BadOptionError(f"intervention '{cls.name}' cannot be built from the command line")
+        """Build from CLI text (after ``NAME:``) with the shared spec grammar of
+        ``posbench.options.parse_spec``: ``key=value;key=value`` plus ``bare_spec`` parts."""
+        if cls.Config is None:
+            raise BadOptionError(f"intervention '{cls.name}' cannot be built from the command line")
+        from .options import build, parse_spec
+
+        owner = f"intervention '{cls.name}'"
+        values = parse_spec(cls.Config, arg, owner, bare=cls.bare_spec, grammar=cls.spec_help)
+        build(cls.Config, values, owner)  # options left out take their defaults, checked too
+        return cls(**values)
 
     def on(self, model: "HookedModel"):
         """Context manager applying this intervention alone: ``with iv.on(model): ...``."""
@@ -156,8 +177,11 @@ class ProbeResult:
         return get_view(self.probe)
 
     @property
-    def figures(self) -> dict[str, "go.Figure"]:
-        return self.view.figures(self)
+    def figures(self) -> "FigureSet":
+        """The figures by name, rebuilt from the tables; displays as figures in Jupyter."""
+        from .notebook import figure_set
+
+        return figure_set(self.view.figures(self))
 
     def reading_tables(self) -> dict[str, pd.DataFrame]:
         return self.view.reading_tables(self)
@@ -179,9 +203,10 @@ class ProbeResult:
         )
 
     def _repr_html_(self) -> str:
+        from .notebook import plotlyjs_mode
         from .render import render, to_html
 
-        return to_html(render(self), plotlyjs="inline")
+        return to_html(render(self), plotlyjs=plotlyjs_mode())
 
     def __repr__(self) -> str:
         return f"<ProbeResult {self.title()}: {', '.join(self.tables)}>"
@@ -214,6 +239,9 @@ class Probe(ABC):
     reported: ClassVar[bool] = True  # part of `posbench report`
     tags: ClassVar[tuple[str, ...]] = ()  # attention / behavioural / representation
     data_help: ClassVar[str] = "a .txt (paragraphs) or .jsonl ({\"text\": ...} per line) file of texts"
+    # Options that only shape the probe's own default data (how many built-in texts, which
+    # input kinds): left out of the stored config of a run on the user's data, which they did not shape.
+    default_data_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None, **overrides: Any):
         from .options import validate
@@ -253,9 +281,27 @@ class Probe(ABC):
             raise MalformedDataError(f"--data '{spec}' is not a file: probe '{cls.name}' takes {cls.data_help}")
         return TextDataset.from_file(spec).texts, {}
 
-    def get_params(self) -> dict[str, Any]:
-        """The configuration as JSON-native values (tuples become lists), as stored."""
-        return json.loads(json.dumps(dataclasses.asdict(self.config), default=str))
+    @classmethod
+    def check_data(cls, data: Any) -> Any:
+        """User data passed to ``run``, validated like a ``--data`` file: a text or a list of
+        texts goes through ``TextDataset`` (no empty text, no lone surrogate); other data (a
+        probe's own datasets) passes through to the probe."""
+        if isinstance(data, str):
+            data = [data]
+        if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
+            from .data.texts import TextDataset
+
+            return TextDataset([{"text": t} for t in data], source="the data passed to run()").texts
+        return data
+
+    def get_params(self, user_data: bool = False) -> dict[str, Any]:
+        """The configuration as JSON-native values (tuples become lists), as stored; with
+        ``user_data`` the options that only shape the default data are left out."""
+        params = json.loads(json.dumps(dataclasses.asdict(self.config), default=str))
+        if user_data:
+            for name in self.default_data_options:
+                params.pop(name, None)
+        return params
 
     def run(
         self,
@@ -264,6 +310,11 @@ class Probe(ABC):
         interventions: Sequence[Intervention] = (),
         progress: bool = False,
     ) -> ProbeResult:
+        from .limits import check_fits
+
+        if data is not None:
+            data = self.check_data(data)
+        check_fits(self, model)  # context and memory, before any input is built
         started = _dt.datetime.now(_dt.timezone.utc)
         t0 = time.perf_counter()
         with model.intervene(*interventions):
@@ -272,7 +323,7 @@ class Probe(ABC):
         return ProbeResult(
             probe=self.name,
             model_id=model.model_id,
-            config=self.get_params(),
+            config=self.get_params(user_data=data is not None),
             tables=tables,
             summary=summary,
             model_card=model.card.to_dict(),

@@ -117,19 +117,52 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+STALE_UNOWNED_SECONDS = 6 * 3600  # a work folder without an owner pid is left this long
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_work_folders(models_dir: Path, alias: str) -> list[Path]:
+    """Remove the work folders (``.ALIAS-PID-*``) of dequantizations whose process is gone (a
+    killed first build leaves one, holding a GB of weights); folders of live builds stay."""
+    removed = []
+    for folder in models_dir.glob(f".{alias}-*"):
+        owner = folder.name[len(alias) + 2 :].split("-", 1)[0]
+        if owner.isdigit():
+            stale = not _pid_alive(int(owner))
+        else:  # made before folders carried their owner's pid
+            stale = time.time() - folder.stat().st_mtime > STALE_UNOWNED_SECONDS
+        if stale and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def embedded_checkpoint(alias: str, progress: Callable[[str], None] | None = None) -> Path:
     """Return the cached HuggingFace checkpoint folder of an embedded model, building it once."""
     entry = ZOO[alias]
     assert entry.kind == "gguf", alias
     final = cache_dir() / "models" / alias
     marker = final / "posbench-cache.json"
+    if final.parent.is_dir():
+        for folder in remove_stale_work_folders(final.parent, alias):
+            if progress:
+                progress(f"removed {folder}, left by an interrupted dequantization of {alias}")
     if marker.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     if progress:
         progress(f"dequantizing {alias} once into {final} (about a minute; later loads take seconds)")
     t0 = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-{os.getpid()}-", dir=final.parent))
     try:
         if alias == "gemma-3-270m":
             gguf = _gemma3_gguf(tmp)

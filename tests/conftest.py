@@ -9,6 +9,13 @@ import pytest  # noqa: E402
 import posbench  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_default_store(tmp_path_factory):
+    """The default results store (``posbench.store.default_store_path``) of every test is a
+    fresh file, never the developer's own ``~/.local/share/posbench/results.sqlite``."""
+    os.environ["POSBENCH_STORE"] = str(tmp_path_factory.mktemp("default-store") / "results.sqlite")
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     return posbench.load_model("tiny-llama")

@@ -2,7 +2,6 @@
 (scikit-learn's check_estimator in spirit): a new one inherits these checks."""
 
 import dataclasses
-import importlib
 import json
 import pkgutil
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import posbench
 from posbench import options
 from posbench.cli import main
 from posbench.registry import datasets, interventions, probes, views
@@ -24,6 +22,7 @@ SMALL = {  # the smallest settings each probe accepts, so the conformance run ta
     "sinks": dict(n_sequences=2, seq_len=16),
     "positional-heads": dict(n_random=2, n_natural=2, n_repeated=1, seq_len=16, repeat_len=4),
     "rope-usage": dict(n_sequences=2, seq_len=16),
+    "patching": dict(n_pairs=2, sites=("z",)),
 }
 
 

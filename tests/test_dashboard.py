@@ -47,3 +47,34 @@ def test_dashboard_with_an_empty_store(dash_duo, tmp_path):
 
     dash_duo.start_server(create_app(tmp_path / "none.sqlite"))
     dash_duo.wait_for_contains_text("#empty", "No runs yet", timeout=20)
+
+
+def test_dashboard_shows_planted_markup_as_text(dash_duo, tmp_path, tiny_llama):
+    """A crafted store (markup in every field, table cells and figure-bound values) runs no
+    script in the dashboard: the markup is shown as text."""
+    from test_escaping import PAYLOAD, plant
+
+    from posbench.app import create_app
+    from posbench.probes.sinks import SinkProbe
+    from posbench.store import Store
+
+    store = Store(tmp_path / "crafted.sqlite")
+    store.save(plant(SinkProbe(n_sequences=2, seq_len=16).run(tiny_llama)))
+    dash_duo.start_server(create_app(store.path))
+    dash_duo.wait_for_contains_text("#run-title", "<img src=x", timeout=20)
+    dash_duo.wait_for_element("#fig-first_token_or_position .main-svg", timeout=20)
+    assert dash_duo.driver.execute_script("return window.__pwned === undefined")
+    assert PAYLOAD.split("{{")[0] in dash_duo.find_element("#run-meta").text
+    assert "<img" in dash_duo.find_element("#summary").text
+    assert not dash_duo.driver.find_elements("css selector", "#run-view img[src='x']"), "no element made from stored text"
+    figure_text = dash_duo.find_element("#fig-first_token_or_position").text
+    assert "<img src=x" in figure_text, "the legend shows the planted name as text"
+
+
+def test_dashboard_shows_a_damaged_store_as_an_error(dash_duo, tmp_path):
+    from posbench.app import create_app
+
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("this is not a results store")
+    dash_duo.start_server(create_app(bad))
+    dash_duo.wait_for_contains_text("#store-error", "not a posbench results store", timeout=20)

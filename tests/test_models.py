@@ -161,3 +161,11 @@ def test_context_and_empty_checks(tiny_llama):
         tiny_llama.batch([])
     with pytest.raises(EmptyDataError):
         tiny_llama.tokenize([])
+
+
+@pytest.mark.embedded
+def test_cards_without_weights_match_the_loaded_models(smollm2, gemma, tiny_neox):
+    from posbench.model import load_card
+
+    for model in (smollm2, gemma, tiny_neox):
+        assert load_card(model.model_id).to_dict() == model.card.to_dict()

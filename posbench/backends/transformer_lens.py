@@ -257,6 +257,14 @@ class TransformerLensBackend(Backend):
                 fast -= {layer for layer in (item.layers or every) if not self._works_fast(site, layer, edit)}
         return frozenset(fast)
 
+    def attention_rows_held(self, tokens: int, overrides=()) -> int:
+        """Query rows of one layer's attention a pass over ``tokens``-token sequences holds at
+        once: one chunk when every layer runs fast, all ``tokens`` when some layer runs eager
+        (before captures are known: a pass that reads ``pattern`` makes its layers eager too)."""
+        if len(self._fast_layers((), (), overrides)) < self.facts.n_layers:
+            return tokens
+        return min(self.row_chunk, tokens)
+
     # ------------------------------------------------------------------ one forward pass
     @torch.no_grad()
     def run(

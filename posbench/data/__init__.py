@@ -13,6 +13,7 @@ from .judge import JudgeDataset
 from .kv import KVDataset
 from .mcq import MCQDataset
 from .mdqa import MDQADataset
+from .patch_pairs import PatchPairsDataset
 from .refusal import RefusalDataset
 from .refusal_phrases import REFUSAL_PHRASES, is_refusal, refusal_match, refusal_score, refusal_token_ids
 from .segments import ScoredItem, SegmentedPrompt
@@ -32,7 +33,7 @@ POSITION_BIAS_DATASETS: dict[str, type[PositionBiasDataset]] = {
 """The position-bias datasets by name (``python -m posbench.data NAME`` regenerates one)."""
 
 __all__ = [
-    "POSITION_BIAS_DATASETS", "JudgeDataset", "KVDataset", "MCQDataset", "MDQADataset", "PositionBiasDataset",
+    "POSITION_BIAS_DATASETS", "JudgeDataset", "KVDataset", "MCQDataset", "MDQADataset", "PatchPairsDataset", "PositionBiasDataset",
     "REFUSAL_PHRASES", "RefusalDataset",
     "Dataset", "Field", "ScoredItem", "SegmentedPrompt", "TextDataset", "data_dir", "load_texts", "natural_sequences", "natural_texts",
     "is_refusal", "non_empty", "random_token_sequences", "refusal_match", "refusal_score", "refusal_token_ids",

@@ -29,14 +29,29 @@ def data_dir() -> Path:
     return installed if installed.is_dir() else here.parent / "datasets"
 
 
+MAX_DATA_BYTES = 256 * 2**20  # data files are read whole
+
+
 def read_text_file(path: str | Path) -> str:
-    """A data file's text, or a clear error: missing, a folder, binary or not UTF-8."""
+    """A data file's text, or a clear error: missing, a folder, not a regular file, too large,
+    binary or not UTF-8."""
     path = Path(path)
     if path.is_dir():
         raise MalformedDataError(f"data path {path} is a folder: pass a .jsonl (or .txt) file inside it")
-    if not path.is_file():
+    if not path.exists():
         raise MalformedDataError(f"data file {path} does not exist: pass an existing .txt or .jsonl file")
-    raw = path.read_bytes()
+    if not path.is_file():
+        raise MalformedDataError(f"data path {path} is not a regular file (a device or pipe): pass a .txt or .jsonl file")
+    size = path.stat().st_size
+    if size > MAX_DATA_BYTES:
+        raise MalformedDataError(
+            f"data file {path} holds {size / 2**20:.0f} MiB; data files are read whole and may hold at most "
+            f"{MAX_DATA_BYTES // 2**20} MiB: pass a smaller sample"
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise MalformedDataError(f"cannot read data file {path} ({err.strerror}): check its permissions") from None
     if b"\x00" in raw[:4096]:
         raise MalformedDataError(
             f"{path} looks binary (or UTF-16): data files must be UTF-8 text; re-save it as UTF-8"
@@ -167,12 +182,12 @@ class Dataset:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_jsonl(cls, path: str | Path) -> "Dataset":
-        """Load and validate a JSONL file (one object a line); errors name file:line and the fix."""
+    def read_jsonl(cls, path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+        """Validated rows of a JSONL file and where each came from (``file:line``); a malformed
+        row is rejected with ``file:line: reason`` and the fix."""
         path = Path(path)
-        text = read_text_file(path)
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        rows, where = [], []
+        for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -183,8 +198,15 @@ class Dataset:
             if reason:
                 raise MalformedDataError(f"{path}:{lineno}: {reason}{cls._fix()}")
             rows.append(row)
+            where.append(f"{path}:{lineno}")
         if not rows:
             raise EmptyDataError(f"{path} holds no rows: add at least one JSON object a line{cls._fix()}")
+        return rows, where
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path) -> "Dataset":
+        """Load and validate a JSONL file (one object a line); errors name file:line and the fix."""
+        rows, _ = cls.read_jsonl(path)
         return cls(rows, source=str(path))
 
     @classmethod

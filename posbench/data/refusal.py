@@ -26,13 +26,12 @@ copy with ``write_builtin()``.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BadOptionError, EmptyDataError, MalformedDataError
-from .base import Dataset, Field, non_empty, read_text_file
+from .base import Dataset, Field, non_empty
 
 LABELS: tuple[str, ...] = ("harmful", "harmless")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -142,22 +141,7 @@ class RefusalDataset(Dataset):
         """Load a JSONL file (one row a line). A malformed row, or one that repeats an earlier id or
         instruction, is rejected with ``file:line`` and the fix; rows without ``split`` are split
         by ``assign_splits(seed=split_seed)``."""
-        path = Path(path)
-        rows, lines = [], []
-        for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MalformedDataError(f"{path}:{lineno}: not valid JSON ({err.msg}){cls._fix()}") from None
-            reason = cls.row_problem(row)
-            if reason:
-                raise MalformedDataError(f"{path}:{lineno}: {reason}{cls._fix()}")
-            rows.append(row)
-            lines.append(f"{path}:{lineno}")
-        if not rows:
-            raise EmptyDataError(f"{path} holds no rows: add at least one JSON object a line{cls._fix()}")
+        rows, lines = cls.read_jsonl(path)
         return cls(rows, source=str(path), split_seed=split_seed, where=lines)
 
     @classmethod

@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from ..errors import EmptyDataError
+from ..errors import EmptyDataError, PosbenchWarning
 from .base import Dataset, Field, data_dir, non_empty, read_text_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,11 +57,24 @@ def load_texts(path: str | Path) -> list[str]:
 
 
 def natural_sequences(
-    model: "HookedModel", texts: Sequence[str], length: int | None, prepend_bos: bool | None = None
+    model: "HookedModel", texts: Sequence[str], length: int | None, prepend_bos: bool | None = None,
+    warn: bool = False,
 ) -> list[list[int]]:
-    """Tokenized texts cut to ``length`` tokens (BOS, if the tokenizer adds one, included)."""
+    """Tokenized texts cut to ``length`` tokens (BOS, if the tokenizer adds one, included).
+
+    ``warn=True`` (the user's own texts) warns when texts are cut, so a long text is never
+    silently measured on its first ``length`` tokens only.
+    """
     seqs = model.tokenize(list(texts), prepend_bos=prepend_bos)
     if length is not None:
+        longer = [len(s) for s in seqs if len(s) > length]
+        if warn and longer:
+            context = model.card.context_length
+            room = f" (up to {model.model_id}'s context, {context})" if context else ""
+            warnings.warn(PosbenchWarning(
+                f"{len(longer)} of {len(seqs)} texts are longer than seq_len={length} tokens (the longest has "
+                f"{max(longer)}) and were cut to {length}: raise --seq-len{room} to measure more of them"
+            ), stacklevel=2)
         seqs = [s[:length] for s in seqs]
     return seqs
 

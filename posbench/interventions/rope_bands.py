@@ -13,64 +13,65 @@ come from each layer's own ``inv_freq`` (Gemma 3: 10k local, 1M global).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import BadOptionError, HeadIndexError, PosbenchError
+from ..limits import MAX_INDEX
+from ..options import build, option
 from ..protocols import ActivationEdit
 from ..sites import Edit
 
 
-def parse_index_list(text: str, what: str) -> list[int]:
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-"))
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise BadOptionError(f"malformed {what} '{part}': write numbers or ranges like 0-3,7") from None
-    return sorted(set(out))
+def _positive(value: float) -> str | None:
+    return "the fraction must be above 0" if value <= 0 else None
 
 
-def _parse_spec(arg: str) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in arg.split(";"))):
-        key, sep, value = part.partition("=")
-        if not sep:  # "0.25" or "0.25,highest"
-            bits = [b.strip() for b in key.split(",")]
-            try:
-                opts["fraction"] = float(bits[0])
-            except ValueError:
-                raise BadOptionError(f"malformed RoPE band spec '{part}': write FRACTION, e.g. 0.25, or pairs=0-3") from None
-            opts["highest"] = "highest" in bits[1:]
-            continue
-        key = key.strip()
-        if key in ("pairs", "layers", "heads"):
-            opts[key] = parse_index_list(value, key[:-1])
-        elif key == "target":
-            opts[key] = value.strip()
-        elif key == "fraction":
-            opts[key] = float(value)
-        else:
-            raise BadOptionError(f"unknown RoPE band option '{key}': use pairs=, layers=, heads=, target= or a fraction")
-    return opts
+@dataclass
+class RopePositionFreeConfig:
+    pairs: tuple[int, ...] | None = option(None, min=0, max=MAX_INDEX, nonempty=True,
+                                           help="rotary pairs (rotate-half layout), e.g. 0-3,7")
+    fraction: float | None = option(None, min=0.0, max=1.0, check=_positive,
+                                    help="share of each layer's frequencies, lowest first")
+    highest: bool = option(False, help="take the highest frequencies instead of the lowest")
+    layers: tuple[int, ...] | None = option(None, min=0, max=MAX_INDEX, nonempty=True, help="layers (default all)")
+
+
+@dataclass
+class RopeBandZeroConfig(RopePositionFreeConfig):
+    heads: tuple[int, ...] | None = option(None, min=0, max=MAX_INDEX, nonempty=True,
+                                           help="query heads (default all)")
+    target: str = option("qk", choices=("qk", "q", "k"), help="zero the pairs in q, k or both")
 
 
 class _RopeBand(ActivationEdit):
+    Config = RopePositionFreeConfig
+
     def __init__(self, pairs: list[int] | None = None, fraction: float | None = None, highest: bool = False,
-                 layers: list[int] | None = None):
-        if (pairs is None) == (fraction is None):
-            raise BadOptionError(f"{self.name}: give either pairs or fraction")
-        if fraction is not None and not 0 < fraction <= 1:
-            raise BadOptionError(f"{self.name}: fraction must be in (0, 1], got {fraction}")
-        self.pairs = None if pairs is None else sorted(set(int(p) for p in pairs))
-        self.fraction = fraction
-        self.highest = bool(highest)
-        self.layers = None if layers is None else sorted(set(int(x) for x in layers))
+                 layers: list[int] | None = None, **more: Any):
+        config = build(self.Config, dict(pairs=pairs, fraction=fraction, highest=highest, layers=layers, **more),
+                       owner=f"intervention '{self.name}'")
+        if (config.pairs is None) == (config.fraction is None):
+            which = "both pairs and a fraction were given" if config.pairs is not None else "no band was given"
+            raise BadOptionError(f"{self.name}: {which}: give either pairs (e.g. pairs=0-3) or a fraction (e.g. 0.25)")
+        self.config = config
+        self.pairs = None if config.pairs is None else sorted(set(config.pairs))
+        self.fraction = config.fraction
+        self.highest = config.highest
+        self.layers = None if config.layers is None else sorted(set(config.layers))
+
+    @classmethod
+    def bare_spec(cls, part: str) -> dict[str, Any]:
+        """``FRACTION`` or ``FRACTION,highest`` (or ``,lowest``)."""
+        fraction, *band = [b.strip() for b in part.split(",")]
+        if any(b not in ("highest", "lowest") for b in band) or len(band) > 1:
+            raise BadOptionError(
+                f"malformed RoPE band '{part}' in --intervention {cls.name}: write FRACTION[,highest] "
+                "(e.g. 0.25,highest) or KEY=VALUE (e.g. pairs=0-3)"
+            )
+        return {"fraction": fraction, "highest": band == ["highest"]}
 
     def _n_pairs(self, model) -> int:
         return (model.card.rotary_dims or model.d_head) // 2
@@ -115,13 +116,6 @@ class RopePositionFree(_RopeBand):
     summary = "stop chosen rotary pairs from rotating (p-RoPE): they keep content, lose position"
     spec_help = "FRACTION[,highest] | pairs=0-3,7[;layers=0-5]  e.g. rope-position-free:0.25"
 
-    @classmethod
-    def from_spec(cls, arg: str) -> "RopePositionFree":
-        opts = _parse_spec(arg)
-        if "target" in opts or "heads" in opts:
-            raise BadOptionError("rope-position-free takes pairs=, layers= or a fraction (not heads/target)")
-        return cls(**opts)
-
     def edits(self, model) -> list[Edit]:
         n_pairs = self._n_pairs(model)
         edits = []
@@ -150,17 +144,12 @@ class RopeBandZero(_RopeBand):
     name = "rope-zero-band"
     summary = "zero chosen rotary pairs in rotated q and/or k (removes their share of the score)"
     spec_help = "pairs=0-3 | FRACTION[,highest] [;layers=..][;heads=..][;target=qk|q|k]"
+    Config = RopeBandZeroConfig
 
     def __init__(self, pairs=None, fraction=None, highest=False, layers=None, heads=None, target="qk"):
-        super().__init__(pairs, fraction, highest, layers)
-        if target not in ("qk", "q", "k"):
-            raise BadOptionError(f"rope-zero-band target must be qk, q or k, got '{target}'")
-        self.heads = None if heads is None else sorted(set(int(h) for h in heads))
-        self.target = target
-
-    @classmethod
-    def from_spec(cls, arg: str) -> "RopeBandZero":
-        return cls(**_parse_spec(arg))
+        super().__init__(pairs, fraction, highest, layers, heads=heads, target=target)
+        self.heads = None if self.config.heads is None else sorted(set(self.config.heads))
+        self.target = self.config.target
 
     def validate(self, model) -> None:
         super().validate(model)

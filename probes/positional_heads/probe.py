@@ -40,11 +40,11 @@ POSITIONAL_CLASSES = ("self", "previous-token", "fixed-offset", "local-window")
 
 @dataclass
 class PositionalHeadsConfig:
-    seq_len: int = option(128, min=8, help="tokens per sequence")
-    n_random: int = option(8, min=2, help="random-token sequences (compared in pairs for content invariance)")
-    n_natural: int = option(8, min=1, help="natural-text sequences")
-    n_repeated: int = option(4, min=1, help="repeated random sequences for duplicate / induction scores")
-    repeat_len: int = option(32, min=2, help="length of the random half that is repeated")
+    seq_len: int = option(128, min=8, counts="tokens", help="tokens per sequence")
+    n_random: int = option(8, min=2, counts="sequences", help="random-token sequences (compared in pairs for content invariance)")
+    n_natural: int = option(8, min=1, counts="sequences", help="natural-text sequences")
+    n_repeated: int = option(4, min=1, counts="sequences", help="repeated random sequences for duplicate / induction scores")
+    repeat_len: int = option(32, min=2, max=65_536, help="length of the random half that is repeated")
     max_offset: int = option(32, min=1, help="offsets kept in the offset-profile table")
     sink_threshold: float = option(0.3, min=0.0, max=1.0, help="first-token mass above this: sink head")
     offset_threshold: float = option(0.5, min=0.0, max=1.0, help="P(d*) above this on both inputs, same d*: fixed-offset head")
@@ -53,7 +53,7 @@ class PositionalHeadsConfig:
     content_threshold: float = option(0.6, min=0.0, max=1.0, help="content invariance below this: content head")
     content_pds_threshold: float = option(0.55, min=0.0, max=1.0, help="or PDS below this: attention departs from any offset rule")
     induction_threshold: float = option(0.3, min=0.0, max=1.0)
-    batch_size: int = option(8, min=2)
+    batch_size: int = option(8, min=2, counts="batch")
     padding_side: str = option("right", choices=("left", "right"))
     seed: int = option(0, min=0)
 
@@ -177,6 +177,7 @@ class PositionalHeadsProbe(Probe):
     name = "positional-heads"
     summary = "offset profiles, content invariance, position dependence, head classes"
     Config = PositionalHeadsConfig
+    default_data_options = ("n_natural",)
 
     def check_config(self) -> None:
         if self.config.n_random % 2:
@@ -191,7 +192,7 @@ class PositionalHeadsProbe(Probe):
         c = self.config
         L, H = model.n_layers, model.n_heads
         texts = pdata.natural_texts()[: c.n_natural] if data is None else ([data] if isinstance(data, str) else list(data))
-        natural = pdata.natural_sequences(model, texts, c.seq_len)
+        natural = pdata.natural_sequences(model, texts, c.seq_len, warn=data is not None)
         randoms = pdata.random_token_sequences(model, c.n_random, c.seq_len, c.seed)
         gen = torch.Generator().manual_seed(c.seed + 3)
         halves = model.random_tokens(c.n_repeated, c.repeat_len, gen)

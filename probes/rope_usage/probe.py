@@ -41,9 +41,9 @@ from posbench.sites import AttentionCapture, AttentionStatistic, Context
 
 @dataclass
 class RopeUsageConfig:
-    seq_len: int = option(128, min=4, help="tokens per sequence")
-    n_sequences: int = option(8, min=1)
-    batch_size: int = option(4, min=1)
+    seq_len: int = option(128, min=4, counts="tokens", help="tokens per sequence")
+    n_sequences: int = option(8, min=1, counts="sequences")
+    batch_size: int = option(4, min=1, counts="batch")
     high_freq_wavelength: float = option(32.0, min=0.0, help="pairs with a shorter wavelength (tokens) count as high frequency")
     sink_threshold: float = option(0.3, min=0.0, max=1.0)
     positional_threshold: float = option(0.5, min=0.0, max=1.0, help="P(0) or P(1) above this: positional (self / previous-token) head")
@@ -120,6 +120,7 @@ class RopeUsageProbe(Probe):
     name = "rope-usage"
     summary = "rotary frequency usage per head (q/k norms, exact per-pair score shares) and p-RoPE band effects"
     Config = RopeUsageConfig
+    default_data_options = ("n_sequences",)
 
     @classmethod
     def not_applicable(cls, model):
@@ -165,7 +166,7 @@ class RopeUsageProbe(Probe):
                 "positions (try smollm2-135m-instruct or gemma-3-270m)"
             )
         texts = pdata.natural_texts()[: c.n_sequences] if data is None else ([data] if isinstance(data, str) else list(data))
-        seqs = pdata.natural_sequences(model, texts, c.seq_len)
+        seqs = pdata.natural_sequences(model, texts, c.seq_len, warn=data is not None)
         model.check_lengths(seqs)
         bands = [(f, False) for f in c.band_fractions] + [(f, True) for f in c.band_fractions]
         bar = Progress(len(seqs) * (1 + len(bands)), f"rope usage on {model.model_id}", enabled=progress)

@@ -16,6 +16,7 @@ and a few residual statistics are kept, never T x T patterns.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 
 from posbench import data as pdata
 from posbench.batching import run_batches
-from posbench.errors import BadOptionError, EmptyDataError
+from posbench.errors import BadOptionError, EmptyDataError, PosbenchWarning
 from posbench.options import option
 from posbench.progress import Progress
 from posbench.protocols import Probe
@@ -36,8 +37,8 @@ INPUT_KINDS = ("natural", "random", "repeated")
 
 @dataclass
 class SinkConfig:
-    seq_len: int = option(64, min=2, help="tokens per sequence (Gu et al.: the first 64)")
-    n_sequences: int = option(16, min=1, help="sequences per input kind (Gu et al. use 100)")
+    seq_len: int = option(64, min=2, counts="tokens", help="tokens per sequence (Gu et al.: the first 64)")
+    n_sequences: int = option(16, min=1, counts="sequences", help="sequences per input kind (Gu et al. use 100)")
     k_first: int = option(4, min=1, help="report sink mass for key positions 0 .. k_first-1")
     epsilon: float = option(0.3, min=0.0, max=1.0, help="sink threshold on alpha")
     inputs: tuple[str, ...] = option(INPUT_KINDS, choices=INPUT_KINDS, nonempty=True, help="input kinds")
@@ -46,7 +47,7 @@ class SinkConfig:
     massive_abs: float = option(100.0, min=0.0, help="Sun et al.: |x| > 100 ...")
     massive_ratio: float = option(1000.0, min=1.0, help="... and about 1000x the median |x|")
     top_activations: int = option(5, min=1, help="largest |x| entries kept per (sequence, layer)")
-    batch_size: int = option(8, min=1)
+    batch_size: int = option(8, min=1, counts="batch")
     padding_side: str = option("right", choices=("left", "right"))
     seed: int = option(0, min=0)
 
@@ -150,6 +151,7 @@ class SinkProbe(Probe):
     name = "sinks"
     summary = "attention sinks (Gu et al.) and massive activations (Sun et al.)"
     Config = SinkConfig
+    default_data_options = ("inputs", "n_sequences")
 
     def check_config(self) -> None:
         if not 0 < self.config.epsilon < 1:
@@ -185,7 +187,8 @@ class SinkProbe(Probe):
             data = [data]
         if isinstance(data, dict):
             kinds = {
-                k: (pdata.natural_sequences(model, v, c.seq_len) if v and isinstance(v[0], str) else [list(s) for s in v])
+                k: (pdata.natural_sequences(model, v, c.seq_len, warn=True) if v and isinstance(v[0], str)
+                    else [list(s) for s in v])
                 for k, v in data.items()
             }
             texts = [t for v in data.values() for t in v if isinstance(t, str)]
@@ -193,7 +196,7 @@ class SinkProbe(Probe):
         texts = list(data)
         if not texts:
             raise EmptyDataError("sinks: the data is empty: pass at least one text")
-        return {"custom": pdata.natural_sequences(model, texts, c.seq_len)}, texts
+        return {"custom": pdata.natural_sequences(model, texts, c.seq_len, warn=True)}, texts
 
     def _first_token_variants(self, model, texts: list[str]) -> dict[str, tuple[list[list[int]], list[int | None]]]:
         """Variants of the same texts and, per sequence, where the original first token now is."""
@@ -201,7 +204,9 @@ class SinkProbe(Probe):
         base = pdata.natural_sequences(model, texts, None)
         gen = torch.Generator().manual_seed(c.seed + 1)
         randoms = model.random_tokens(len(base), c.n_moved + 1, gen).tolist()
-        cut = lambda s: s[: c.seq_len]  # noqa: E731
+        # a variant may be longer than its text (first_moved adds n_moved tokens): cut to the context too
+        limit = min(c.seq_len, model.card.context_length or c.seq_len)
+        cut = lambda s: s[:limit]  # noqa: E731
         variants: dict[str, tuple[list[list[int]], list[int | None]]] = {
             "as_is": ([cut(s) for s in base], [0] * len(base))
         }
@@ -243,8 +248,14 @@ class SinkProbe(Probe):
     def measure(self, model, data, progress=False):
         c = self.config
         kinds, texts = self._inputs(model, data)
-        for seqs in kinds.values():
+        for kind, seqs in kinds.items():
             model.check_lengths(seqs)  # fail before any compute
+            short = [i for i, s in enumerate(seqs) if len(s) < 2]
+            if short:
+                warnings.warn(PosbenchWarning(
+                    f"sinks: {len(short)} {kind} sequence(s) (first: #{short[0]}) have a single token, whose only "
+                    "query can attend only to itself: their sink mass is 1 by construction; use longer texts"
+                ), stacklevel=2)
         variants = self._first_token_variants(model, texts) if (c.first_token_test and texts) else {}
         total = sum(map(len, kinds.values())) + sum(len(v[0]) for v in variants.values())
         bar = Progress(total, f"sinks on {model.model_id}", enabled=progress)
