@@ -396,3 +396,15 @@ def test_memory_grows_linearly_not_with_t_squared():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     grown_mib = float(done.stdout.strip().splitlines()[-1])
     assert grown_mib < 256, grown_mib
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_tables_do_not_depend_on_the_row_chunk(tiny_llama, monkeypatch, attention):
+    """8-row chunks put whole chunks before and after the repeated copy of positional-heads'
+    induction input (a chunk with no second-copy query once crashed it past 512 tokens)."""
+    probe = PositionalHeadsProbe(seq_len=48, n_random=2, n_natural=2, n_repeated=2, repeat_len=12, padding_side="left")
+    with tiny_llama.using_attention(attention):
+        whole = probe.run(tiny_llama).tables
+        monkeypatch.setattr(tiny_llama.backend, "row_chunk", 8)
+        chunked = probe.run(tiny_llama).tables
+    _compare_tables(chunked, whole, atol=1e-6)
