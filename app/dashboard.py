@@ -44,8 +44,16 @@ def run_view(rendered) -> list:
         parts.append(html.P("Interventions: " + rendered.interventions, id="run-interventions"))
     for problem in rendered.problems:
         parts.append(html.P(f"Not shown: {problem}", style=_ERROR_STYLE))
+    finding = rendered.finding
+    if finding is not None:
+        parts.append(html.Div(id="run-finding", style={"background": "#f3f7fb", "borderLeft": "4px solid #2a6ebb",
+                                                       "padding": "0.2rem 0.9rem", "margin": "0.8rem 0"}, children=[
+            html.P([html.B("Finding. "), " ".join(finding.sentences)]),
+            *([html.P([html.B("Published. "), finding.published])] if finding.published else []),
+            *([html.P([html.B("Here. "), finding.verdict])] if finding.verdict else []),
+        ]))
     parts.append(html.H3("Summary"))
-    parts.append(_table(rendered.summary, "summary", page_size=40))
+    parts.append(_table(rendered.summary.drop(columns="key", errors="ignore"), "summary", page_size=40))
     parts.append(html.Details([html.Summary("configuration"), html.Pre(rendered.config, id="run-config")]))
     for title, frame in rendered.tables.items():
         parts.append(html.H3(title))

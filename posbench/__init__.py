@@ -44,11 +44,20 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def run(probe: str, model: HookedModel, data: Any = None, interventions: Sequence[Intervention] = (), **config) -> ProbeResult:
-    """Run a registered probe by name: ``posbench.run("sinks", model, seq_len=64)``."""
+def run(probe: str, model: HookedModel, data: Any = None, interventions: Sequence[Intervention] = (),
+        progress: bool | None = None, **config) -> ProbeResult:
+    """Run a registered probe by name: ``posbench.run("sinks", model, seq_len=64)``. Progress
+    shows by default in a notebook or a terminal once the work takes a few seconds."""
     from .registry import get_probe
 
-    return get_probe(probe)(**config).run(model, data=data, interventions=interventions)
+    return get_probe(probe)(**config).run(model, data=data, interventions=interventions, progress=progress)
+
+
+def compare(*results: ProbeResult):
+    """One probe's results on several models side by side (findings, figures on shared axes)."""
+    from .comparison import compare as _compare
+
+    return _compare(*results)
 
 
 def available_probes() -> dict[str, type[Probe]]:
@@ -67,5 +76,5 @@ def available_interventions() -> dict[str, type[Intervention]]:
 
 __all__ = [
     "Batch", "HookedModel", "Intervention", "PosbenchError", "Probe", "ProbeResult", "Store", "ZOO",
-    "available_interventions", "available_probes", "load_model", "position_ids_from_mask", "run",
+    "available_interventions", "available_probes", "compare", "load_model", "position_ids_from_mask", "run",
 ]

@@ -74,16 +74,16 @@ def cmd_models(args) -> int:
     from .zoo import ZOO
 
     if args.cards:
-        from .model import load_model
+        from .zoo import zoo_card
 
         for alias in ZOO:
             try:
-                model = load_model(alias, progress=_progress_printer)
+                card = zoo_card(alias, progress=_progress_printer)  # config and tokenizer (cached), no weights
             except PosbenchError as err:
                 print(f"{alias}: unavailable ({err})")
                 continue
             print(f"\n== {alias}")
-            for k, v in model.card.summary_rows():
+            for k, v in card.summary_rows():
                 print(f"  {k:24s} {v}")
         return 0
     width = max(map(len, ZOO))
@@ -185,41 +185,110 @@ def cmd_runs(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from .model import load_model
-    from .registry import probes
-    from .report import write_report
-    from .store import Store
+def _report_models(args) -> list[str]:
+    from .zoo import DEFAULT_MODEL
 
-    out = Path(args.out) if args.out else Path("posbench-report") / args.model.replace("/", "__")
-    _writable_folder(out, "--out")
-    store = Store(args.store)
-    model = load_model(args.model, progress=_progress_printer)
-    results, skipped, unsaved = [], {}, []
+    models = list(args.model or [])
+    for part in args.models or []:
+        models += [m.strip() for m in part.split(",") if m.strip()]
+    models = list(dict.fromkeys(models))  # each model once, in the order given
+    return models or [DEFAULT_MODEL]
+
+
+class _ReportModel:
+    """A report's model, loaded only when a probe has to run: while every run is in the store, a
+    zoo model's cached card (no weights, no torch import) answers what the report needs."""
+
+    def __init__(self, alias: str):
+        from .zoo import ZOO, zoo_card
+
+        self.alias, self._model = alias, None
+        self.card = zoo_card(alias, progress=_progress_printer) if alias in ZOO else self.load().card
+        self.model_id = self.card.model_id
+
+    def load(self):
+        if self._model is None:
+            from .model import load_model
+
+            self._model = load_model(self.alias, progress=_progress_printer)
+            self.card, self.model_id = self._model.card, self._model.model_id
+        return self._model
+
+    def not_applicable(self, probe_cls) -> str | None:
+        try:
+            return probe_cls.not_applicable(self)
+        except AttributeError:  # the probe asks more than the card: ask the loaded model
+            return probe_cls.not_applicable(self.load())
+
+
+def _stored_or_run(store, model: _ReportModel, probe, interventions, args, unsaved):
+    """The newest stored run of ``probe`` (default data, same config and interventions) unless
+    ``--rerun``; else a fresh run, stored."""
+    described = [iv.describe() for iv in interventions]
+    run_id = None if args.rerun else store.latest(model.model_id, probe.name, probe.get_params(),
+                                                  json.loads(json.dumps(described, default=str)), data_source="default")
+    label = probe.name + (" under " + " + ".join(iv.name for iv in interventions) if interventions else "")
+    if run_id is not None:
+        _say(f"posbench: using stored run {run_id} of {label}")
+        return store.load(run_id)
+    _say(f"posbench: running {label} on {model.model_id} (not in the store yet)")
+    result = probe.run(model.load(), interventions=interventions, progress=not args.quiet)
+    try:
+        store.save(result)
+    except StoreBusyError as err:  # keep going: the result is safe and still goes in the report
+        _say(f"posbench: warning: {err}")
+        unsaved.append(err)
+    return result
+
+
+def _model_report(alias, out, store, args, interventions, unsaved):
+    from .registry import probes
+    from .report import in_suite, write_report
+
+    model = _ReportModel(alias)
+    for iv in interventions:
+        iv.validate(model.load())
+    results, intervened, skipped = [], [], {}
     for name, probe_cls in probes().items():
-        if not probe_cls.reported:
+        if not in_suite(probe_cls, args.suite):
             continue
-        reason = probe_cls.not_applicable(model)
+        reason = model.not_applicable(probe_cls)
         if reason:
             skipped[name] = reason
             _say(f"posbench: skipping {name}: {reason}")
             continue
         probe = probe_cls()
-        run_id = None if args.rerun else store.latest(model.model_id, name, probe.get_params(), [], data_source="default")
-        if run_id is None:
-            _say(f"posbench: running {name} on {model.model_id} (not in the store yet)")
-            result = probe.run(model, progress=not args.quiet)
-            try:
-                store.save(result)
-            except StoreBusyError as err:  # keep going: the result is safe and still goes in the report
-                _say(f"posbench: warning: {err}")
-                unsaved.append(err)
-        else:
-            _say(f"posbench: using stored run {run_id} of {name}")
-            result = store.load(run_id)
-        results.append(result)
-    index = write_report(model.card, results, out, log=_progress_printer, skipped=skipped)
-    print(index)
+        results.append(_stored_or_run(store, model, probe, (), args, unsaved))
+        asked = [_stored_or_run(store, model, probe, (iv,), args, unsaved) for iv in interventions]
+        asked_ids = {r.run_id for r in asked}
+        stored = [store.load(rid) for rid in store.intervened(model.model_id, name, probe.get_params())
+                  if rid not in asked_ids]
+        intervened += asked + stored
+    page = write_report(model.card, results, out, log=_progress_printer, skipped=skipped, intervened=intervened)
+    return model.card, results, page
+
+
+def cmd_report(args) -> int:
+    from .registry import parse_intervention
+    from .report import ModelReport, write_index
+    from .store import Store
+
+    models = _report_models(args)
+    several = len(models) > 1
+    root = Path(args.out) if args.out else Path("posbench-report") / ("" if several else models[0].replace("/", "__"))
+    _writable_folder(root, "--out")
+    interventions = [parse_intervention(s) for s in (args.intervention or [])]
+    store = Store(args.store)
+    unsaved: list = []
+    reports = []
+    for alias in models:
+        out = root / alias.replace("/", "__") if several else root
+        card, results, page = _model_report(alias, out, store, args, interventions, unsaved)
+        reports.append(ModelReport(card, results, page))
+        if not several:
+            print(page)
+    if several:
+        print(write_index(reports, root, log=_progress_printer))
     return StoreBusyError.exit_code if unsaved else 0
 
 
@@ -328,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p_models = sub.add_parser("models", help="list the offline model zoo", description="List zoo models.")
-    p_models.add_argument("--cards", action="store_true", help="load each model and print its model card")
+    p_models.add_argument("--cards", action="store_true", help="print each model's card (read from its config and tokenizer; no weights are loaded)")
     p_models.set_defaults(func=cmd_models)
 
     p_run = sub.add_parser(
@@ -358,14 +427,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_rep = sub.add_parser(
         "report",
-        help="write a self-contained HTML report for a model",
-        description="Run every reported probe that is missing from the store, then write "
-        "OUT/index.html (opens offline), OUT/results.json and OUT/tables/*.csv.",
+        help="write self-contained HTML reports for one or several models",
+        description="Run every probe of the suite that is missing from the store, then write "
+        "OUT/index.html (opens offline), OUT/results.json and OUT/tables/*.csv and *.parquet. "
+        "With several models: one such folder per model and OUT/index.html comparing them.",
     )
-    p_rep.add_argument("--model", "-m", default=None, action=_Once,
-                       hint="a report covers one model: run `posbench report` once per model",
-                       help="zoo alias, folder or hub name (default smollm2-135m-instruct)")
-    p_rep.add_argument("--out", "-o", action=_Once, help="output folder (default posbench-report/MODEL)")
+    p_rep.add_argument("--model", "-m", action="append", metavar="MODEL",
+                       help="zoo alias, folder or hub name; repeat for several models (default smollm2-135m-instruct)")
+    p_rep.add_argument("--models", action="append", metavar="A,B",
+                       help="several models, comma-separated: one report each plus OUT/index.html comparing them")
+    p_rep.add_argument("--out", "-o", action=_Once,
+                       help="output folder (default posbench-report/MODEL; with several models posbench-report, "
+                       "one sub-folder per model)")
+    p_rep.add_argument("--suite", choices=("standard", "full"), default="standard", action=_Once,
+                       help="standard: the probes that take minutes on a CPU (default); full: every probe")
+    p_rep.add_argument("--intervention", "-i", action="append", metavar="NAME:ARGS",
+                       help="also run the suite under this intervention and show it beside the plain runs; repeatable")
     p_rep.add_argument("--store", action=_Once, help=STORE_HELP)
     p_rep.add_argument("--rerun", action="store_true", help="run the probes again even if stored")
     p_rep.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -398,10 +475,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help (0) or a usage error (2), already printed
         return done.code if isinstance(done.code, int) else 2
-    if getattr(args, "command", None) == "report" and args.model is None:
-        from .zoo import DEFAULT_MODEL
-
-        args.model = DEFAULT_MODEL
     warnings.showwarning = _show_warning
     try:
         return args.func(args)

@@ -198,9 +198,16 @@ class ProbeResult:
         return f"{self.probe} on {self.model_id}{under}"
 
     def summary_frame(self) -> pd.DataFrame:
+        """The summary as (human name with unit, value) rows; ``key`` keeps the stored key."""
+        label = self.view.metric_label
         return pd.DataFrame(
-            [(k, _fmt(v)) for k, v in self.summary.items()], columns=["measure", "value"]
+            [(label(k), _fmt(v), k) for k, v in self.summary.items()], columns=["measure", "value", "key"]
         )
+
+    def finding(self):
+        """What this result shows in a few sentences of numbers, with the published comparison
+        (``posbench.views.Finding``), or None."""
+        return self.view.finding(self)
 
     def _repr_html_(self) -> str:
         from .notebook import plotlyjs_mode
@@ -209,7 +216,9 @@ class ProbeResult:
         return to_html(render(self), plotlyjs=plotlyjs_mode())
 
     def __repr__(self) -> str:
-        return f"<ProbeResult {self.title()}: {', '.join(self.tables)}>"
+        run = f" run {self.run_id}" if self.run_id else ""
+        tables = ", ".join(f"{name} {len(frame)}x{frame.shape[1]}" for name, frame in self.tables.items())
+        return f"<ProbeResult {self.title()}{run}: tables {tables}>"
 
 
 def intervention_label(iv: dict[str, Any]) -> str:
@@ -219,7 +228,7 @@ def intervention_label(iv: dict[str, Any]) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
     return str(value)
 
 
@@ -308,9 +317,16 @@ class Probe(ABC):
         model: "HookedModel",
         data: Any = None,
         interventions: Sequence[Intervention] = (),
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> ProbeResult:
+        """Measure ``model`` (under ``interventions``) on ``data`` (None: the probe's own data).
+        ``progress``: bars for long work; by default on in a notebook or a terminal
+        (``posbench.progress.default_enabled``), shown once the work takes a few seconds."""
         from .limits import check_fits
+        from .progress import default_enabled
+
+        if progress is None:
+            progress = default_enabled()
 
         if data is not None:
             data = self.check_data(data)

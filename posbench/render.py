@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
     from .protocols import ProbeResult
+    from .views import Finding
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RenderedResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, "go.Figure"] = field(default_factory=dict)
     config: str = ""
+    finding: "Finding | None" = None
     problems: list[str] = field(default_factory=list)  # what could not be drawn from the stored tables
 
 
@@ -61,7 +63,13 @@ def render(result: "ProbeResult") -> RenderedResult:
     except _VIEW_ERRORS as err:
         figures = {}
         problems.append(f"figures could not be drawn from the stored tables ({type(err).__name__}: {err})")
+    try:
+        finding = view.finding(result)
+    except _VIEW_ERRORS as err:
+        finding = None
+        problems.append(f"the finding could not be stated from the stored tables ({type(err).__name__}: {err})")
     return RenderedResult(
+        finding=finding,
         probe=result.probe,
         title=result.title(),
         meta=meta,
@@ -72,6 +80,14 @@ def render(result: "ProbeResult") -> RenderedResult:
         config=json.dumps(result.config, indent=1, default=str),
         problems=problems,
     )
+
+
+def safe_finding(result: "ProbeResult") -> "Finding | None":
+    """The result's finding, or None when its stored tables cannot give one."""
+    try:
+        return result.view.finding(result)
+    except _VIEW_ERRORS:
+        return None
 
 
 def _text(value: Any) -> Any:
@@ -109,8 +125,26 @@ def safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", str(text))
 
 
-def _escape_frame(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, escape=True) if len(frame) else "<p>none</p>"
+def _escape_frame(frame: pd.DataFrame, classes: str = "reading") -> str:
+    """A table as escaped HTML, floats to 4 significant digits, inside a scrolling box."""
+    if not len(frame):
+        return "<p>none</p>"
+    table = frame.to_html(index=False, border=0, escape=True, classes=classes, float_format=lambda x: f"{x:.4g}")
+    return f'<div class="table-wrap">{table}</div>'
+
+
+def finding_html(finding: "Finding | None") -> str:
+    """A finding as an escaped paragraph block (empty when there is none)."""
+    if finding is None:
+        return ""
+    h = html.escape
+    parts = [f'<div class="finding"><p><b>Finding.</b> {h(" ".join(finding.sentences))}</p>']
+    if finding.published:
+        parts.append(f"<p><b>Published.</b> {h(finding.published)}</p>")
+    if finding.verdict:
+        parts.append(f"<p><b>Here.</b> {h(finding.verdict)}</p>")
+    parts.append("</div>")
+    return "".join(parts)
 
 
 def to_html(
@@ -127,7 +161,8 @@ def to_html(
         parts.append(f"<p><b>Interventions:</b> {h(rendered.interventions)}</p>")
     for problem in rendered.problems:
         parts.append(f'<p class="problem"><b>Not shown:</b> {h(problem)}</p>')
-    parts.append(rendered.summary.to_html(index=False, classes="summary", border=0, escape=True))
+    parts.append(finding_html(rendered.finding))
+    parts.append(_escape_frame(rendered.summary.drop(columns="key", errors="ignore"), classes="summary"))
     for title, frame in rendered.tables.items():
         parts.append(f"<{sub}>{h(title)}</{sub}>")
         parts.append(_escape_frame(frame))

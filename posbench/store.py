@@ -110,6 +110,17 @@ class Store:
         if version is None:
             self._create()
 
+    def __repr__(self) -> str:
+        try:
+            with self._read() as conn:
+                rows = conn.execute("SELECT probe, COUNT(*) FROM runs GROUP BY probe ORDER BY probe").fetchall()
+                models = conn.execute("SELECT COUNT(DISTINCT model_id) FROM runs").fetchone()[0]
+        except (sqlite3.Error, StoreError):
+            return f"<Store {self.path}>"
+        total = sum(n for _, n in rows)
+        probes = ", ".join(f"{p} {n}" for p, n in rows)
+        return f"<Store {self.path}: {total} runs of {models} models{' (' + probes + ')' if rows else ''}>"
+
     # ------------------------------------------------------------------ plumbing
     def _check_kind(self) -> None:
         try:
@@ -446,6 +457,19 @@ class Store:
                 continue
             return row.run_id
         return None
+
+    def intervened(self, model: str, probe: str, config: dict[str, Any], data_source: str = "default") -> list[str]:
+        """The newest run of ``probe`` on ``model`` with this config and data source under each
+        distinct list of interventions (none excluded), newest first."""
+        seen, out = set(), []
+        for _, row in self.runs(model=model, probe=probe).iterrows():
+            key = _normal(row.interventions)
+            if not row.interventions or key in seen or _normal(row.config) != _normal(config):
+                continue
+            if self._data_source(row.run_id) == data_source:
+                seen.add(key)
+                out.append(row.run_id)
+        return out
 
     def _data_source(self, run_id: str) -> str:
         with self._read() as conn:

@@ -192,6 +192,56 @@ def embedded_checkpoint(alias: str, progress: Callable[[str], None] | None = Non
     return final
 
 
+CARD_FORMAT = 1
+
+
+def _card_file(alias: str) -> Path:
+    return cache_dir() / "cards" / f"{alias}.json"
+
+
+def _card_stamp(alias: str) -> dict:
+    """What a cached card depends on: the card format, posbench's version and, for an embedded
+    model, its dequantized checkpoint."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("posbench")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        ours = "source"
+    stamp = {"format": CARD_FORMAT, "posbench": ours}
+    if ZOO[alias].kind == "gguf":
+        marker = cache_dir() / "models" / alias / "posbench-cache.json"
+        stamp["checkpoint"] = marker.stat().st_mtime_ns if marker.exists() else None
+    return stamp
+
+
+def zoo_card(alias: str, progress: Callable[[str], None] | None = None):
+    """A zoo model's card without its weights. Read from the card cache when it is there (no
+    torch or transformers import: ``posbench models --cards`` answers at once); else built by
+    ``posbench.model.load_card`` from the config and tokenizer, then cached."""
+    from .card import ModelCard
+
+    path, stamp = _card_file(alias), _card_stamp(alias)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("stamp") == stamp:
+            return ModelCard.from_dict(saved["card"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # missing or unreadable: build it again
+    from .model import load_card
+
+    card = load_card(alias, progress=progress)
+    stamp = _card_stamp(alias)  # an embedded checkpoint may have just been built
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"stamp": stamp, "card": card.to_dict()}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return card
+
+
 # ----------------------------------------------------------------------------- tiny models
 BYTE_SPECIALS = ["<pad>", "<bos>", "<eos>"]
 

@@ -130,7 +130,7 @@ CASES = [  # (argv, message); "{name}" is a file from the `files` fixture; store
     (["run", "sinks", "-m", M, "--json", "{folder}"], "is a folder: pass a file path"),
     (["report", "-m", M, "--out", "{afile}"], "is a file, not a folder"),
     (["report", "-m", M, "--out", "{afile}/sub"], "is a file; pass another folder"),
-    (["report", "-m", "tiny-llama", "-m", "tiny-gpt2"], "a report covers one model: run `posbench report` once per model"),
+    (["report", "-m", M, "-i", "no-such-thing:1"], "no-such-thing"),
     (["import", "{afile}"], "not a posbench result bundle"),
     (["dashboard", "--port", "0"], "port 0 is not in 1-65535"),
     # after the model loads, before any input is built
@@ -139,6 +139,7 @@ CASES = [  # (argv, message); "{name}" is a file from the `files` fixture; store
     (["run", "rope-usage", "-m", "tiny-gpt2"], "rope-usage needs a RoPE model"),
     (["run", "sinks", "-m", "tiny-llama", "-i", "ablate-heads:1.9"], "head 9 out of range"),
     (["run", "rope-usage", "-m", "tiny-llama", "-i", "rope-zero-band:pairs=9"], "rotary pair out of range"),
+    (["report", "-m", "tiny-llama", "-i", "ablate-heads:1.9"], "head 9 out of range"),
 ]
 
 

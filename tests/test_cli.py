@@ -2,6 +2,7 @@
 Bad inputs, table-driven, are in test_bad_inputs.py."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -141,3 +142,21 @@ def test_dashboard_refuses_a_damaged_store(tmp_path, capsys):
     bad.write_text("not a database")
     assert main(["dashboard", "--store", str(bad)]) == 2
     assert "not a posbench results store" in capsys.readouterr().err
+
+
+def test_model_cards_without_weights_then_from_the_card_cache(tmp_path, monkeypatch, tiny_llama):
+    """`models --cards` reads a card from the config and tokenizer (no weights), equal to the
+    loaded model's card; the second time from the card cache, importing nothing heavy."""
+    from posbench.zoo import zoo_card
+
+    monkeypatch.setenv("POSBENCH_CACHE", str(tmp_path))
+    assert zoo_card("tiny-llama").to_dict() == tiny_llama.card.to_dict()
+    code = (
+        "import sys\n"
+        "from posbench.zoo import zoo_card\n"
+        "card = zoo_card('tiny-llama')\n"
+        "print(card.n_layers, sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "POSBENCH_CACHE": str(tmp_path)})
+    assert done.returncode == 0 and done.stdout.strip() == "2 []", done.stdout + done.stderr

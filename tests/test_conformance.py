@@ -23,6 +23,7 @@ SMALL = {  # the smallest settings each probe accepts, so the conformance run ta
     "positional-heads": dict(n_random=2, n_natural=2, n_repeated=1, seq_len=16, repeat_len=4),
     "rope-usage": dict(n_sequences=2, seq_len=16),
     "patching": dict(n_pairs=2, sites=("z",)),
+    "refusal": dict(n_train=2, n_val=2, n_generate=1, max_new_tokens=2, causal_heads=1, n_boot=10),
 }
 
 

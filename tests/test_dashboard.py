@@ -33,6 +33,7 @@ def test_dashboard_lists_runs_and_shows_a_run(dash_duo, stored, tiny_llama):
     dash_duo.wait_for_contains_text("#run-title", "sinks on tiny-llama under ablate-heads", timeout=20)
     dash_duo.wait_for_element("#fig-first_token_mass .main-svg", timeout=20)
     assert "ablate-heads" in dash_duo.find_element("#run-interventions").text
+    assert "Sink rate" in dash_duo.find_element("#run-finding").text and "Gu et al. 2025" in dash_duo.find_element("#run-finding").text
     # choose the other run (the table re-renders only when the store changes)
     dash_duo.find_elements("#runs tbody input[type=radio]")[1].click()
     dash_duo.wait_for_text_to_equal("#run-title", "sinks on tiny-llama", timeout=20)

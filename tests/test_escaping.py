@@ -155,3 +155,20 @@ def test_damaged_tables_are_reported_not_raised(planted):
     rendered = render(broken)
     assert rendered.figures == {} and rendered.problems
     assert_text_only(to_html(rendered))
+
+
+def test_comparison_index_renders_every_value_as_text(planted, tiny_llama, tmp_path):
+    """Two crafted results (markup in the model id, summary, tables) in the comparison index and
+    in the interventions section: text, never markup."""
+    from posbench.card import ModelCard
+    from posbench.report import ModelReport, write_index
+
+    loaded, _ = planted
+    other = copy.copy(loaded)
+    other.model_id = PAYLOAD + "2"
+    card = ModelCard.from_dict({**tiny_llama.card.to_dict(), "model_id": PAYLOAD})
+    pages = [write_report(card, [r], tmp_path / name, intervened=[r]) for name, r in (("a", loaded), ("b", other))]
+    index = write_index([ModelReport(card, [r], p) for r, p in zip((loaded, other), pages)], tmp_path)
+    for page in (index, *pages):
+        text = page.read_text()
+        assert not any(raw in text for raw in RAW) and SHOWN in text, page

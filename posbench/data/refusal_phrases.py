@@ -86,7 +86,7 @@ PHRASES: tuple[RefusalPhrase, ...] = (
                   r"I (?:don't|do not) feel comfortable|I(?:'m| am) not comfortable"),
     RefusalPhrase("I'd rather not", r"I(?:'d| would) (?:rather|prefer) not"),
     RefusalPhrase("As an AI",
-                  r"as an? (?:AI|artificial intelligence|language model|large language model|responsible AI)",
+                  r"as an? (?:AI|AI assistant|artificial intelligence|language model|large language model|responsible AI|chatbot)",
                   ("researcher", "engineer", "developer", "enthusiast", "student", "company", "startup", "product")),
     RefusalPhrase("against my guidelines",
                   r"against my (?:ethical )?(?:guidelines|principles|programming|policies|policy|values)"),

@@ -349,7 +349,7 @@ def run_patches(
     metric: Metric | None = None,
     mode: str = "denoise",
     batch_size: int = 32,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> PatchResult:
     """The generic patch loop: one metric value per patch, averaged over the pairs.
 
@@ -426,7 +426,7 @@ def patch_sweep(
     positions: str | Sequence[int] | None = None,
     mode: str = "denoise",
     batch_size: int = 32,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> PatchResult:
     """Patch ``site`` at every (layer, head, position) of the sweep; see the module docstring.
 
