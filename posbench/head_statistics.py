@@ -121,7 +121,8 @@ class RepeatScores(AttentionStatistic):
     def update(self, state, rows, start, ctx):
         n, b0 = self.n, self.bos
         for b, block, first in ctx.sequence_rows(rows, start):
-            queries = torch.arange(max(b0 + n + 1, first), min(b0 + 2 * n, first + block.shape[1]))
+            low = max(b0 + n + 1, first)  # the second copy's queries inside this chunk (maybe none)
+            queries = torch.arange(low, max(low, min(b0 + 2 * n, first + block.shape[1])))
             dup, ind = state.get(b, (0.0, 0.0))
             local = queries - first
             state[b] = (dup + block[:, local, queries - n].sum(-1), ind + block[:, local, queries - n + 1].sum(-1))

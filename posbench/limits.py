@@ -6,8 +6,9 @@ Two checks, both before anything large is allocated (docs/reliability.md):
   ``counts="sequences" | "tokens" | "batch"``) give the number of sequences, their length and the
   batch size; the token storage they imply must fit in the memory that is available.
 * ``check_fits(probe, model)`` runs once the model is loaded and before inputs are built: the
-  sequence length must fit the model's context, and the peak of one batch (tokens, the eager
-  attention pattern of one layer, residual activations) must fit in the device's free memory.
+  sequence length must fit the model's context, and the peak of one batch (tokens, one layer's
+  attention pattern: all T rows on the eager path, one chunk of rows on the fast SDPA path;
+  residual activations) must fit in the device's free memory.
 
 Every bound on a single option (sequence counts, lengths, index lists) is declared with the
 option (``posbench.options``); options that say what they count get the ceilings below when
@@ -38,7 +39,9 @@ COUNT_CEILINGS = {
 # int) and in tensors (8), with the copies probes keep (input kinds, variants, padding): ~4x.
 BYTES_PER_TOKEN = 4 * (36 + 8)
 # Eager attention holds the scores and the softmaxed pattern of one layer ([B, H, T, T] each),
-# and the chunked statistics read 256-row slices of it: about three T x T copies per head.
+# and the chunked statistics read 256-row slices of it: about three T x T copies per head. The
+# fast (SDPA) path holds a score and a row buffer of one chunk of query rows ([B, H, 256, T]);
+# the same factor bounds it (docs/speed.md: peak RSS grows linearly in T there).
 ATTENTION_COPIES = 3
 # Residual stream, q/k/v, MLP hidden and their hooked copies per token: ~12 d_model, plus ~2
 # d_model per layer that the hooked forward keeps alive (fitted, with the copies above and the
@@ -65,11 +68,14 @@ class Workload:
     def token_bytes(self) -> int:
         return self.total_tokens * BYTES_PER_TOKEN
 
-    def peak_bytes(self, n_heads: int, d_model: int, n_layers: int, dtype_bytes: int = 4) -> int:
+    def peak_bytes(self, n_heads: int, d_model: int, n_layers: int, dtype_bytes: int = 4,
+                   query_rows: int | None = None) -> int:
         """Token storage plus the largest forward pass: one batch's attention pattern in one
-        layer (``batch x heads x T x T``), its activations and a fixed overhead."""
+        layer (``batch x heads x query_rows x T``; ``query_rows`` is T on the eager path, one
+        chunk on the fast path), its activations and a fixed overhead."""
         batch = min(self.batch, self.sequences)
-        attention = batch * n_heads * self.tokens**2 * dtype_bytes * ATTENTION_COPIES
+        rows = self.tokens if query_rows is None else min(query_rows, self.tokens)
+        attention = batch * n_heads * rows * self.tokens * dtype_bytes * ATTENTION_COPIES
         widths = ACTIVATION_WIDTHS + ACTIVATION_WIDTHS_PER_LAYER * n_layers
         activations = batch * self.tokens * d_model * dtype_bytes * widths
         return self.token_bytes() + attention + activations + FIXED_OVERHEAD
@@ -183,12 +189,13 @@ def check_memory(probe: "Probe", model: "HookedModel", work: Workload, fix: str 
     inputs are built call it with the real one)."""
     card = model.card
     dtype_bytes = 2 if card.dtype in ("float16", "bfloat16") else 4
-    need = work.peak_bytes(card.n_heads, card.d_model, card.n_layers, dtype_bytes)
+    rows = model.attention_rows_held(work.tokens)
+    need = work.peak_bytes(card.n_heads, card.d_model, card.n_layers, dtype_bytes, rows)
     free = available_bytes(model.device)
     if free is not None and need > free:
         raise ResourceLimitError(
             f"probe '{probe.name}' on {model.model_id} needs about {gib(need)} at its peak "
-            f"(batch {min(work.batch, work.sequences)} x {card.n_heads} heads x {work.tokens}^2 attention, "
+            f"(batch {min(work.batch, work.sequences)} x {card.n_heads} heads x {rows} x {work.tokens} attention, "
             f"{work.sequences} sequences) but {gib(free)} is free: {fix or _fix(probe)}"
         )
     return work

@@ -224,6 +224,13 @@ class HookedModel:
             overrides.extend(intervention.attention_overrides(self))
         return self.backend.run(batch, captures, edits=edits, overrides=overrides, logits=logits)
 
+    def attention_rows_held(self, tokens: int) -> int:
+        """Query rows of one layer's attention matrix a pass over ``tokens``-token sequences
+        holds at once under the active interventions: ``tokens`` on eager layers, one chunk when
+        all run fast (what ``posbench.limits`` plans memory with)."""
+        overrides = [o for intervention in self._interventions for o in intervention.attention_overrides(self)]
+        return self.backend.attention_rows_held(tokens, overrides)
+
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [B, T, vocab] for a batch, under the active interventions."""
         return self.run(batch, logits=True).logits
@@ -273,6 +280,21 @@ class HookedModel:
                 progress(1)
         return new
 
+    @contextlib.contextmanager
+    def using_attention(self, attn_implementation: str) -> Iterator["HookedModel"]:
+        """Run the block with another attention implementation (``"sdpa"`` or ``"eager"``), e.g.
+        to check a result on the eager reference path with the same weights; results made inside
+        record it."""
+        from .backends.transformer_lens import check_attn_implementation
+
+        check_attn_implementation(attn_implementation)
+        before = self.backend.attn_implementation
+        self.backend.attn_implementation = self.card.attn_implementation = attn_implementation
+        try:
+            yield self
+        finally:
+            self.backend.attn_implementation = self.card.attn_implementation = before
+
     # ------------------------------------------------------------------ interventions
     @contextlib.contextmanager
     def intervene(self, *interventions: "Intervention") -> Iterator["HookedModel"]:
@@ -304,12 +326,12 @@ def _last_hidden(hidden: torch.Tensor, ctx) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- loading
-def _boot(hf_model, tokenizer, model_id: str, source: str) -> HookedModel:
+def _boot(hf_model, tokenizer, model_id: str, source: str, attn_implementation: str) -> HookedModel:
     from .backends.transformer_lens import TransformerLensBackend
 
     hf_model.eval()
     card = build_card(model_id, source, hf_model, tokenizer)
-    backend = TransformerLensBackend.wrap(hf_model, tokenizer, model_id, card)
+    backend = TransformerLensBackend.wrap(hf_model, tokenizer, model_id, card, attn_implementation)
     card.attn_implementation = backend.attn_implementation
     return HookedModel(backend, hf_model, tokenizer, model_id, source, card)
 
@@ -325,12 +347,12 @@ def _read_pretrained(name: str, dtype):
     return model, tokenizer
 
 
-def _from_pretrained(name: str, dtype, device, source: str, model_id: str | None = None) -> HookedModel:
+def _from_pretrained(name: str, dtype, device, source: str, attn_implementation: str, model_id: str | None = None) -> HookedModel:
     model, tokenizer = _read_pretrained(name, dtype)
-    return _boot(model.to(device), tokenizer, model_id or name, source)
+    return _boot(model.to(device), tokenizer, model_id or name, source, attn_implementation)
 
 
-def _from_folder(folder: Path, name: str, dtype, device) -> HookedModel:
+def _from_folder(folder: Path, name: str, dtype, device, attn_implementation: str) -> HookedModel:
     """A local checkpoint folder, or a clear error when it is not one."""
     fix = ("pass a folder written by save_pretrained (config.json, the weights and the tokenizer files) "
            "or a zoo alias (`posbench models`)")
@@ -343,7 +365,7 @@ def _from_folder(folder: Path, name: str, dtype, device) -> HookedModel:
         raise UnknownModelError(
             f"cannot load the checkpoint in folder {name} ({type(err).__name__}: {first}): {fix}"
         ) from err
-    return _boot(model.to(device), tokenizer, name, f"local folder {name}")
+    return _boot(model.to(device), tokenizer, name, f"local folder {name}", attn_implementation)
 
 
 def load_model(
@@ -353,32 +375,39 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: Callable[[str], None] | None = None,
+    attn_implementation: str = "sdpa",
 ) -> HookedModel:
     """Load a hooked model.
 
     ``spec`` is a zoo alias (``posbench models`` lists them), a local checkpoint folder, a
     HuggingFace hub name (needs the network), or an already-loaded HuggingFace model, in which
-    case pass its ``tokenizer`` too.
+    case pass its ``tokenizer`` too. ``attn_implementation``: ``"sdpa"`` runs each layer's
+    attention with SDPA and computes attention statistics from q and k chunk by chunk (layers
+    whose scores or pattern a pass reads or edits run eager); ``"eager"`` runs the bridge's eager
+    attention everywhere (the reference path; see docs/speed.md).
     """
+    from .backends.transformer_lens import check_attn_implementation
+
+    check_attn_implementation(attn_implementation)  # before anything loads
     device = device or "cpu"
     if not isinstance(spec, (str, os.PathLike)):
         if tokenizer is None:
             raise UnknownModelError("a loaded HuggingFace model needs its tokenizer: load_model(model, tokenizer)")
         name = getattr(spec.config, "name_or_path", None) or type(spec).__name__
-        return _boot(spec, tokenizer, str(name), "in-memory HuggingFace model")
+        return _boot(spec, tokenizer, str(name), "in-memory HuggingFace model", attn_implementation)
 
     name = str(spec)
     if name in ZOO:
         entry = ZOO[name]
         if entry.kind == "tiny":
             model, tok = build_tiny(name)
-            return _boot(model.to(device=device, dtype=dtype), tok, name, entry.source)
+            return _boot(model.to(device=device, dtype=dtype), tok, name, entry.source, attn_implementation)
         folder = embedded_checkpoint(name, progress=progress)
-        return _from_pretrained(str(folder), dtype, device, entry.source, model_id=name)
+        return _from_pretrained(str(folder), dtype, device, entry.source, attn_implementation, model_id=name)
 
     local = Path(name).expanduser()
     if local.is_dir():
-        return _from_folder(local, name, dtype, device)
+        return _from_folder(local, name, dtype, device, attn_implementation)
     if local.exists():
         raise UnknownModelError(
             f"model path {name} is a file, not a checkpoint folder: pass the folder that holds config.json, "
@@ -394,7 +423,7 @@ def load_model(
             f"and not a HuggingFace hub name like 'org/name'.{hint}"
         )
     try:
-        return _from_pretrained(name, dtype, device, f"HuggingFace hub {name}")
+        return _from_pretrained(name, dtype, device, f"HuggingFace hub {name}", attn_implementation)
     except OSError as err:
         raise UnknownModelError(
             f"could not load '{name}' from the HuggingFace hub ({type(err).__name__}): check the "
@@ -403,11 +432,16 @@ def load_model(
 
 
 
-def load_card(spec: str, progress: Callable[[str], None] | None = None) -> ModelCard:
+def load_card(spec: str, progress: Callable[[str], None] | None = None, attn_implementation: str = "sdpa") -> ModelCard:
     """A model's card without loading its weights: the architecture is built on the meta device
     from the config (no memory, no compute), the tokenizer is read as usual. Embedded models are
-    dequantized once first if they are not cached yet."""
+    dequantized once first if they are not cached yet. ``attn_implementation`` as for
+    ``load_model``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .backends.transformer_lens import check_attn_implementation
+
+    check_attn_implementation(attn_implementation)
 
     name = str(spec)
     if name in ZOO and ZOO[name].kind == "tiny":
@@ -430,4 +464,6 @@ def load_card(spec: str, progress: Callable[[str], None] | None = None) -> Model
             ) from err
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    return build_card(name, source, model, tokenizer)
+    card = build_card(name, source, model, tokenizer)
+    card.attn_implementation = attn_implementation
+    return card

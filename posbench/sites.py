@@ -123,11 +123,21 @@ class AttentionStatistic(ABC):
     ``start(ctx) -> state``; ``update(state, rows, start, ctx) -> state`` with ``rows`` [B, H, n, T]
     the pattern rows ``start .. start + n`` of the padded batch (``ctx.sequence_rows`` cuts out
     each sequence's real block); ``finish(state, ctx) -> result``. ``needs`` lists same-layer
-    sites (e.g. ``rot_q``, ``rot_k``) handed over in ``ctx.tensors``. Implementations keep the
-    state small (never a T x T matrix): the backend chooses the chunking.
+    sites (e.g. ``rot_q``, ``rot_k``) handed over in ``ctx.tensors``. ``heads``, when set,
+    restricts the rows to those query heads (``rows[:, i]`` is head ``heads[i]``), so a backend
+    that computes rows from q and k computes only those. ``rows`` is valid during the call only
+    (a backend may reuse its memory for the next chunk): keep what is computed from it, not the
+    tensor or a view of it. Implementations keep the state small (never a T x T matrix, except
+    ``HeadPattern``): the backend chooses the chunking.
+
+    A statistic that needs only attention-weighted sums over keys (the mass on a few key columns,
+    on a segment's span) declares ``key_weights(ctx)``, W [B, T, K]: ``update`` then gets
+    ``rows @ W`` [B, H, n, K] instead of the rows, which the fast path takes from the attention
+    kernel itself (W as extra value channels) without building any pattern row.
     """
 
     needs: ClassVar[tuple[str, ...]] = ()
+    heads: tuple[int, ...] | None = None
 
     @abstractmethod
     def start(self, ctx: Context) -> Any: ...
@@ -137,6 +147,28 @@ class AttentionStatistic(ABC):
 
     def finish(self, state: Any, ctx: Context) -> Any:
         return state
+
+    def key_weights(self, ctx: Context) -> torch.Tensor | None:
+        """Per-key weights [B, T, K] when only ``rows @ W`` is needed (see above); None: rows."""
+        return None
+
+
+class HeadPattern(AttentionStatistic):
+    """The whole pattern [B, T, T] of one query head: a T x T matrix per layer, for the few
+    places where a full pattern is the point (showing one head); only that head is computed."""
+
+    def __init__(self, head: int):
+        self.heads = (head,)
+
+    def start(self, ctx: Context) -> list[torch.Tensor]:
+        return []
+
+    def update(self, state, rows, start, ctx):
+        state.append(rows[:, 0].to("cpu", copy=True))
+        return state
+
+    def finish(self, state, ctx):
+        return torch.cat(state, dim=1)
 
 
 @dataclass(frozen=True)

@@ -108,5 +108,5 @@ def test_result_presentation(tiny_llama):
     html = result._repr_html_()
     assert "sinks on tiny-llama" in html and "plotly" in html.lower()
     assert set(result.figures) >= {"first_token_mass", "sink_rate_by_layer", "massive_activations"}
-    assert result.metadata["attn_implementation"] == "eager"
+    assert result.metadata["attn_implementation"] == "sdpa"  # the default; eager is load_model(..., attn_implementation="eager")
     assert result.data_digest and result.model_card["n_layers"] == 2

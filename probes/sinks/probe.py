@@ -90,21 +90,33 @@ def key_mass(
 
 class KeyMass(AttentionStatistic):
     """Gu et al.'s alpha for the first ``k_first`` keys (and, with ``track``, the key at
-    ``row_meta["tracked"]`` of each row), folded over query-row chunks: [B, H, K(+1)]."""
+    ``row_meta["tracked"]`` of each row): [B, H, K(+1)]. Only the attention on those key columns
+    is needed, so it is declared as key weights (one-hot columns) and folded from rows @ W."""
 
     def __init__(self, k_first: int, track: bool = False):
         self.k_first, self.track = k_first, track
 
-    def start(self, ctx: Context):
-        batch = ctx.batch
+    def _key_index(self, batch) -> torch.Tensor:
         key_index = torch.arange(self.k_first).repeat(batch.size, 1)
         if self.track:
             tracked = torch.tensor([m.get("tracked", 0) for m in batch.row_meta])
             key_index = torch.cat([key_index, tracked[:, None]], dim=1)
-        return {"key_index": key_index, "cols": _key_columns(batch, key_index, batch.width), "mass": 0.0}
+        return key_index
 
-    def update(self, state, rows, start, ctx):
-        state["mass"] = state["mass"] + _key_mass_sum(rows, start, ctx.batch.attention_mask, state["cols"])
+    def key_weights(self, ctx: Context) -> torch.Tensor:
+        batch = ctx.batch
+        cols = _key_columns(batch, self._key_index(batch), batch.width)
+        weights = torch.zeros(batch.size, batch.width, cols.shape[1])
+        weights[torch.arange(batch.size)[:, None], cols, torch.arange(cols.shape[1])[None, :]] = 1.0
+        return weights
+
+    def start(self, ctx: Context):
+        return {"key_index": self._key_index(ctx.batch), "mass": 0.0}
+
+    def update(self, state, key_rows, start, ctx):
+        """key_rows [B, H, n, K]: the attention of queries start .. start+n-1 on the chosen keys."""
+        query_mask = ctx.batch.attention_mask[:, start : start + key_rows.shape[2]].to(key_rows.dtype)
+        state["mass"] = state["mass"] + (key_rows * query_mask[:, None, :, None].to(key_rows.device)).sum(dim=2)
         return state
 
     def finish(self, state, ctx):
