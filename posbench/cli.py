@@ -123,7 +123,7 @@ def _prepare_run(args, probe_name: str):
     if args.seq_len is not None:
         options.update(_flag_options(probe_cls, "--seq-len", args.seq_len, [f for f in fields if f == "seq_len"], owner))
     if args.n is not None:  # sequences per input kind, whatever the probe calls it
-        targets = [f for f in ("n_sequences", "n_natural", "n_random") if f in fields]
+        targets = [f for f in ("n_sequences", "n_natural", "n_random", "n_items") if f in fields]
         options.update(_flag_options(probe_cls, "--n", args.n, targets, owner))
     probe = probe_cls(**options)
     interventions = [parse_intervention(s) for s in (args.intervention or [])]
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--data", action=_Once, help="the probe's data: a .txt/.jsonl file of texts (sinks also takes input kinds natural,random,repeated)")
     p_run.add_argument("--intervention", "-i", action="append", metavar="NAME:ARGS", help="repeatable; composes")
     p_run.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="probe setting, repeatable")
-    p_run.add_argument("--n", type=int, action=_Once, help="sequences per input kind")
+    p_run.add_argument("--n", type=int, action=_Once, help="sequences per input kind (position-bias: dataset rows per task)")
     p_run.add_argument("--seq-len", type=int, action=_Once, help="tokens per sequence")
     p_run.add_argument("--store", action=_Once, help=STORE_HELP)
     p_run.add_argument("--json", action=_Once, metavar="PATH", help="also write the run id and summary as JSON")

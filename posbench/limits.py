@@ -180,6 +180,14 @@ def check_fits(probe: "Probe", model: "HookedModel") -> Workload | None:
             f"probe '{probe.name}' asks for {work.tokens}-token sequences but {model.model_id}'s "
             f"context is {context}: lower --seq-len to at most {context}"
         )
+    return check_memory(probe, model, work)
+
+
+def check_memory(probe: "Probe", model: "HookedModel", work: Workload, fix: str | None = None) -> Workload:
+    """Refuse a workload whose largest forward pass cannot fit in the device's free memory
+    (``check_fits`` with a declared workload; probes whose sizes are known only once their
+    inputs are built call it with the real one)."""
+    card = model.card
     dtype_bytes = 2 if card.dtype in ("float16", "bfloat16") else 4
     rows = model.attention_rows_held(work.tokens)
     need = work.peak_bytes(card.n_heads, card.d_model, card.n_layers, dtype_bytes, rows)
@@ -188,6 +196,6 @@ def check_fits(probe: "Probe", model: "HookedModel") -> Workload | None:
         raise ResourceLimitError(
             f"probe '{probe.name}' on {model.model_id} needs about {gib(need)} at its peak "
             f"(batch {min(work.batch, work.sequences)} x {card.n_heads} heads x {rows} x {work.tokens} attention, "
-            f"{work.sequences} sequences) but {gib(free)} is free: {_fix(probe)}"
+            f"{work.sequences} sequences) but {gib(free)} is free: {fix or _fix(probe)}"
         )
     return work

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from posbench.cli import main
+from posbench.registry import probes
 from posbench.store import Store
 
 
@@ -38,7 +39,7 @@ def test_run_runs_report(tmp_path, store, capsys):
     assert "cdn.plot.ly" not in page.split("</head>")[1], "the report must open offline"
     machine = json.loads((out / "results.json").read_text())
     assert machine["model"]["n_layers"] == 2 and "sink_rate_natural_pct" in machine["probes"]["sinks"]["summary"]
-    assert set(machine["probes"]) == {"sinks", "positional-heads", "rope-usage"}
+    assert set(machine["probes"]) == {name for name, cls in probes().items() if cls.reported}
     assert "Offset profiles" in page and "frequency against span" in page
     assert (out / "tables" / "sinks__head_mass.csv").exists()
     assert main(["run", "positional-heads", "-m", "tiny-llama", "--store", str(store), "--n", "3", "-q",

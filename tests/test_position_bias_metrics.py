@@ -131,6 +131,16 @@ def test_predictions_ties_go_to_the_lowest_choice():
     assert pred["choice"] == 0 and not pred["correct"] and pred["margin"] == 0.0
 
 
+def test_a_tie_with_gold_is_wrong_even_when_gold_is_the_lowest_choice():
+    """Bug fix: argmax picks choice 0 on a tie, which used to count as correct when gold was 0,
+    so a model scoring every label alike read 100% accuracy on gold slot 0 and 0% elsewhere."""
+    pred = predictions(one_variant([-1.0, -1.0, -3.0], [1, 1, 1], gold=0)).iloc[0]
+    assert pred["choice"] == 0 and not pred["correct"] and pred["margin"] == 0.0
+    one = one_variant([-2.0, -1.0, -3.0], [1, 1, 1], gold=0).head(1)  # a single choice: no rival, correct
+    single = predictions(one).iloc[0]
+    assert bool(single["correct"]) and np.isnan(single["margin"])
+
+
 def test_predictions_reject_bad_tables():
     scores = one_variant([-1.0, -2.0, -3.0], [1, 1, 1], gold=1)
     with pytest.raises(MalformedDataError, match="exactly one is_gold"):

@@ -57,12 +57,12 @@ def test_model_report_states_findings_names_metrics_and_shows_interventions(two_
     section = page.split('id="interventions"')[1]
     assert "no intervention" in section and "ablate-heads(heads=[&#x27;1.0&#x27;],mode=zero)" in section
     under = {iv["probe"] for iv in machine["interventions"]}
-    assert under == {"sinks", "positional-heads", "rope-usage"}
+    assert under == {"sinks", "positional-heads", "rope-usage", "position-bias"}
     assert all(iv["interventions"][0]["name"] == "ablate-heads" for iv in machine["interventions"])
     # machine-readable tables: CSV and Parquet hold the same table
     csv = out / "tiny-llama" / sinks["tables"]["layer_sink_rate"]
     pd.testing.assert_frame_equal(pd.read_csv(csv), pd.read_parquet(csv.with_suffix(".parquet")), check_dtype=False)
-    assert len(Store(store).runs()) == 3 * 2 + 2 * 2, "plain + ablated runs of 3 probes (llama) and 2 (gpt2)"
+    assert len(Store(store).runs()) == 4 * 2 + 3 * 2, "plain + ablated runs of 4 probes (llama) and 3 (gpt2)"
 
 
 def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models, monkeypatch):
@@ -79,7 +79,7 @@ def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models, monke
         assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "fast"), "-q"]) == 0
     assert "sink rate, natural input" in (out / "fast" / "index.html").read_text()
     assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "again"), "-q", "--rerun"]) == 0
-    assert len(Store(store).runs()) == n + 2, "--rerun runs the suite again (2 probes apply to gpt2)"
+    assert len(Store(store).runs()) == n + 3, "--rerun runs the suite again (3 probes apply to gpt2)"
 
 
 def test_full_suite_adds_the_probes_left_out_of_standard(tmp_path):

@@ -35,9 +35,11 @@ of the answers over labels A, B. The choices are " A" and " B"; ``gold`` is the 
 the better answer. If the segments are permuted later (PINE), each header moves with its text, so
 ``gold`` stays right.
 
-Sweep: ``JudgeDataset.row_items(row, shifts=None)``: shift 0 shows the answers as stored, shift 1
-swapped (None: both); ``meta`` holds ``shift``, ``order``, ``gold_content`` (the better answer's
-index), ``gold_label`` and ``category``. ``dataset.scored_items(...)`` does every row.
+Sweep: ``JudgeDataset.row_items(row, shifts=None, label_shifts=(0,))``: shift 0 shows the answers
+as stored, shift 1 swapped (None: both); ``label_shifts=None`` also swaps the headers ("Response B"
+first), so the label moves with the answer; ``meta`` holds ``shift``, ``order``, ``gold_content``
+(the better answer's index), ``gold_label``, ``label_shift``, ``labels``, ``assignment`` and
+``category``. ``dataset.scored_items(...)`` does every row.
 """
 
 from __future__ import annotations
@@ -209,8 +211,10 @@ class JudgeDataset(PositionBiasDataset):
         return cls(rows, source=f"generated:judge(seed={seed}, n_items={len(rows)})")
 
     @classmethod
-    def row_items(cls, row: dict[str, Any], shifts: Iterable[int] | None = None) -> list[ScoredItem]:
-        """The row in both orders (shift 0: as stored, shift 1: swapped) over fixed labels A, B."""
+    def row_items(cls, row: dict[str, Any], shifts: Iterable[int] | None = None,
+                  label_shifts: Iterable[int] | None = (0,)) -> list[ScoredItem]:
+        """The row in both orders (shift 0: as stored, shift 1: swapped) over the labels A, B (fixed,
+        or also swapped with ``label_shifts=None``: "Response B" first)."""
         return cyclic_shift_items(
             row["id"],
             prefix=PREFIX.format(question=row["question"]),
@@ -219,6 +223,7 @@ class JudgeDataset(PositionBiasDataset):
             block=response_block,
             suffix=SUFFIX,
             shifts=shifts,
+            label_shifts=label_shifts,
             meta={"dataset": cls.name, "category": row["category"]},
         )
 

@@ -23,9 +23,12 @@ content (i + s) mod k, so in every shift the labels read A, B, C, D top to botto
 " A" .. " D"; ``gold`` is the slot (label) of the correct content. If the segments are permuted
 later (PINE), each label moves with its content, so ``gold`` stays right.
 
-Sweep: ``MCQDataset.row_items(row, shifts=None)``: one item per cyclic shift (None: all k);
-``meta`` holds ``shift``, ``order`` (content index per slot), ``gold_content``, ``gold_label``
-and ``topic``. ``dataset.scored_items(...)`` does every row.
+Sweep: ``MCQDataset.row_items(row, shifts=None, label_shifts=(0,))``: one item per cyclic shift
+(None: all k), and per label rotation (``label_shifts=None``: all k rotations, label
+``(i + r) % k`` in slot i; item ids gain ``:labels{r}`` for r > 0); ``meta`` holds ``shift``,
+``order`` (content index per slot), ``gold_content``, ``gold_label``, ``label_shift``, ``labels``
+(label per slot), ``assignment`` ((shift - label_shift) mod k) and ``topic``.
+``dataset.scored_items(...)`` does every row.
 """
 
 from __future__ import annotations
@@ -331,8 +334,10 @@ class MCQDataset(PositionBiasDataset):
         return cls(rows, source=f"generated:mcq(seed={seed}, n_questions={len(rows)})")
 
     @classmethod
-    def row_items(cls, row: dict[str, Any], shifts: Iterable[int] | None = None) -> list[ScoredItem]:
-        """One item per cyclic shift of the options over the fixed labels."""
+    def row_items(cls, row: dict[str, Any], shifts: Iterable[int] | None = None,
+                  label_shifts: Iterable[int] | None = (0,)) -> list[ScoredItem]:
+        """One item per cyclic shift of the options over the labels (fixed A-D top to bottom, or
+        also rotated over the slots with ``label_shifts``; see ``cyclic_shift_items``)."""
         return cyclic_shift_items(
             row["id"],
             prefix=PREFIX.format(question=row["question"]),
@@ -341,6 +346,7 @@ class MCQDataset(PositionBiasDataset):
             block=option_line,
             suffix=SUFFIX,
             shifts=shifts,
+            label_shifts=label_shifts,
             meta={"dataset": cls.name, "topic": row["topic"]},
         )
 

@@ -10,6 +10,8 @@ Two sweeps turn a row into ``ScoredItem``s:
   shift s puts content (i + s) mod k in slot i. Each segment is a whole labelled block whose label
   is written in for the slot it is built for; the choices are the labels " A", " B", ... A later
   permutation of the segments (PINE) moves label and content together, so ``gold`` stays right.
+  Optionally the labels rotate over the slots too (``label_shifts``), so that label-token bias
+  and slot bias can be told apart.
 
 ``PositionBiasDataset`` adds ``row_items(row, **sweep)`` / ``scored_items(**sweep)`` and unique
 row ids to ``Dataset``. The check helpers (``index_problem``, ``duplicate``, ``mentions``,
@@ -101,18 +103,18 @@ def gold_slot_items(
     return items
 
 
-def resolve_shifts(k: int, shifts: Iterable[int] | None) -> list[int]:
+def resolve_shifts(k: int, shifts: Iterable[int] | None, what: str = "shift") -> list[int]:
     """The cyclic shifts a sweep visits: all ``k`` (None) or the listed ones."""
     if shifts is None:
         return list(range(k))
     chosen = []
     for s in shifts:
         if not 0 <= s < k:
-            raise BadOptionError(f"shift {s} is outside 0..{k - 1} for {k} options")
+            raise BadOptionError(f"{what} {s} is outside 0..{k - 1} for {k} options")
         if s not in chosen:
             chosen.append(s)
     if not chosen:
-        raise BadOptionError("shifts is empty: name at least one shift, or pass None for all")
+        raise BadOptionError(f"{what}s is empty: name at least one {what}, or pass None for all")
     return chosen
 
 
@@ -125,25 +127,38 @@ def cyclic_shift_items(
     block: Callable[[str, str], str],
     suffix: str,
     shifts: Iterable[int] | None = None,
+    label_shifts: Iterable[int] | None = (0,),
     meta: dict[str, Any] | None = None,
 ) -> list[ScoredItem]:
-    """One item per cyclic shift s: slot i holds ``block(label_i, contents[(i + s) % k])``, the
-    choices are the labels, ``gold`` is the slot (label) now holding ``contents[correct]``."""
+    """One item per cyclic shift s (and label rotation r): slot i holds
+    ``block(labels[(i + r) % k], contents[(i + s) % k])``; the choices are the labels in
+    alphabetical order, ``gold`` is the label now in front of ``contents[correct]``.
+
+    ``label_shifts`` (default ``(0,)``: labels read A, B, ... top to bottom) rotates the labels
+    over the slots too. Over every (s, r) each label and each content visits every slot equally
+    often, which is what keeps a preference for a label token apart from a preference for a slot
+    (Zheng et al. 2024 attribute most MCQ selection bias to the former). Variants with the same
+    ``assignment = (s - r) mod k`` hold the same label-content blocks in other slots: pure
+    permutations of the segments."""
     k = len(contents)
     labels = LABELS[:k]
     items = []
-    for shift in resolve_shifts(k, shifts):
-        order = tuple((i + shift) % k for i in range(k))
-        slot = order.index(correct)
-        items.append(ScoredItem(
-            item_id=f"{row_id}:shift{shift}",
-            prompt=SegmentedPrompt(prefix, [block(labels[i], contents[c]) for i, c in enumerate(order)], suffix),
-            choices=tuple(f" {label}" for label in labels),
-            gold=slot,
-            gold_segment=slot,
-            meta={**(meta or {}), "row_id": row_id, "n_segments": k, "gold_slot": slot, "shift": shift,
-                  "order": order, "gold_content": correct, "gold_label": labels[slot]},
-        ))
+    for rotation in resolve_shifts(k, label_shifts, "label shift"):
+        for shift in resolve_shifts(k, shifts):
+            order = tuple((i + shift) % k for i in range(k))
+            slot_labels = tuple(labels[(i + rotation) % k] for i in range(k))
+            slot = order.index(correct)
+            suffix_id = f":labels{rotation}" if rotation else ""
+            items.append(ScoredItem(
+                item_id=f"{row_id}:shift{shift}{suffix_id}",
+                prompt=SegmentedPrompt(prefix, [block(slot_labels[i], contents[c]) for i, c in enumerate(order)], suffix),
+                choices=tuple(f" {label}" for label in labels),
+                gold=labels.index(slot_labels[slot]),
+                gold_segment=slot,
+                meta={**(meta or {}), "row_id": row_id, "n_segments": k, "gold_slot": slot, "shift": shift,
+                      "order": order, "gold_content": correct, "gold_label": slot_labels[slot],
+                      "label_shift": rotation, "labels": slot_labels, "assignment": (shift - rotation) % k},
+            ))
     return items
 
 

@@ -55,7 +55,8 @@ def predictions(scores: pd.DataFrame, normalise: bool = False) -> pd.DataFrame:
     """One row per task x item x variant: what the model picks among the choices, and how surely.
 
     The prediction is ``argmax`` of the choice score (``logprob``, or ``logprob / n_tokens``
-    with ``normalise=True``); ties go to the lowest choice index. Columns:
+    with ``normalise=True``); ties go to the lowest choice index, and a tie with gold is never
+    correct (not even when gold is that lowest index). Columns:
 
     - ``task, item_id, variant, n_segments, gold_slot``
     - ``choice``: the predicted choice; ``gold_choice``; ``correct``
@@ -90,9 +91,10 @@ def predictions(scores: pd.DataFrame, normalise: bool = False) -> pd.DataFrame:
 
     out = pred.drop(columns=[*_PER_CHOICE, "_score", "_logp_norm"])
     out["gold_choice"] = gold["choice"]
-    out["correct"] = out["choice"] == out["gold_choice"]
     out["gold_logprob"] = gold["_score"]
     out["gold_logp_norm"] = gold["_logp_norm"]
     out["margin"] = gold["_score"] - best_other.reindex(out.index)
+    # a tie with gold is wrong even when gold has the lowest index (NaN margin: a single choice)
+    out["correct"] = (out["choice"] == out["gold_choice"]) & ~(out["margin"] <= 0)
     first = ["n_segments", "gold_slot", "choice", "gold_choice", "correct", "gold_logprob", "gold_logp_norm", "margin"]
     return out[first + [c for c in out.columns if c not in first]].reset_index()
