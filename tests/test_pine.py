@@ -215,6 +215,43 @@ def test_left_right_padding_and_one_at_a_time_agree(request, fixture):
         torch.testing.assert_close(per_side["right"][i], alone, rtol=0, atol=1e-4)
 
 
+TWO = SegmentedPrompt("Choose:", (" the red owl", " a fox"), " Which?")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_neox", "tiny_llama64"])
+def test_rows_with_different_numbers_of_segments_share_a_batch(request, fixture):
+    """Rows with 4, 2, 1 and 3 segments in one padded batch (the shorter rows carry empty
+    segment slots and padding): every real token of every row is what the row gives alone,
+    left and right padding, and the one-segment row is the plain model. In fp64 (and bf16) the
+    padding queries, which see no key, used to softmax to NaN in the bridge's fp32 softmax and
+    poison their row through the pads' values."""
+    model = request.getfixturevalue(fixture)
+    prompts, conts = [PROMPT, TWO, ONE, SHORT], [[5, 6], [7], [], [8, 9, 10]]
+    alone = [_hidden(model, model.segment_batch([p], continuations=[c]), [Pine()])[0] for p, c in zip(prompts, conts)]
+    plain = _hidden(model, model.segment_batch([ONE]), [])[0]
+    torch.testing.assert_close(alone[2], plain, rtol=0, atol=1e-5)
+    for side in ("left", "right"):
+        batch = model.segment_batch(prompts, side, conts)
+        assert len({len(s.segments) for s in batch.segments}) == 4 and not batch.attention_mask.all()
+        together = _hidden(model, batch, [Pine()])
+        for row, single in zip(together, alone):
+            torch.testing.assert_close(row, single, rtol=0, atol=1e-5)
+        torch.testing.assert_close(together[2], plain, rtol=0, atol=1e-5)
+
+
+def test_identical_segments_tie_and_the_order_still_does_not_matter(tiny_llama):
+    """Two identical segments tie exactly in every importance ranking (same tokens, same
+    keys); with a third, different one, all six orders give the same suffix and continuation
+    logits within 1e-5: the tie-break (content, then slot) is order-invariant, and where it
+    falls back to the slot the tied segments are interchangeable."""
+    twin = SegmentedPrompt("Notes:", (" the owl is red.", " the owl is red.", " a fox runs fast!"), " Red?")
+    orders = [list(o) for o in itertools.permutations(range(3))]
+    for side in ("left", "right"):
+        batch = tiny_llama.segment_batch([twin.permuted(o) for o in orders], side, [[5, 6]] * len(orders))
+        logits = torch.stack(_suffix_logits(tiny_llama, batch))
+        torch.testing.assert_close(logits, logits[:1].expand_as(logits), rtol=0, atol=1e-5)
+
+
 @pytest.mark.embedded
 def test_gemma_sliding_window_in_pine_positions(gemma):
     """With a window shorter than the prompt, PINE applies it in its own positions: one segment

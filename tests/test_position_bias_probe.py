@@ -101,8 +101,8 @@ SMALL = dict(task="all", n_items=1, n_segments=(3,), slots=0, n_boot=0, attnrank
 
 
 @pytest.fixture(scope="module")
-def llama64():
-    return posbench.load_model("tiny-llama", dtype=torch.float64)
+def llama64(tiny_llama64):
+    return tiny_llama64
 
 
 @pytest.fixture(scope="module")

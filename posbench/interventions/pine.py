@@ -311,7 +311,11 @@ class PineScores(AttentionOverride):
         N, L = layout.seg_cols.shape[1:]
         if N:
             self._segment_scores(out, q, k, angles, layout, window)
-        return out[..., : T * T].view(B, H, T, T)
+        # a padding query sees no key: give it a finite, flat row. Left at the mask value, its
+        # softmax is NaN once that value becomes -inf (fp64 or bf16 scores, softmax upcast to or
+        # from fp32), and the NaN reaches the row's real tokens through the pad's value (0 * NaN)
+        scores = out[..., : T * T].view(B, H, T, T)
+        return scores.masked_fill_((layout.kind == PAD)[:, None, :, None], 0.0)
 
     def _segment_scores(self, out, q, k, angles, layout: SegmentLayout, window: int | None) -> None:
         """Write the scores of every segment key into ``out``: importance from un-rotated q/k,
