@@ -392,7 +392,7 @@ def test_gemma_is_lost_in_the_middle_and_its_judge_bias_is_a_label_bias(gemma):
 
 def test_pine_makes_the_probe_read_order_invariant(llama64):
     """PINE (posbench.interventions.pine) through the probe, all tasks in one run (prompts with
-    2, 3 and 4 segments: scored in separate batches): every permutation of the segments gives
+    2, 3 and 4 segments sharing padded batches): every permutation of the segments gives
     the same log-likelihoods, as PINE's construction promises; recorded in the result."""
     from posbench.registry import parse_intervention
 
