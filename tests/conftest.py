@@ -22,6 +22,14 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def tiny_llama64():
+    """tiny-llama in fp64 (where the bridge's fp32 softmax upcast turns fp64 mask values into -inf)."""
+    import torch
+
+    return posbench.load_model("tiny-llama", dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2():
     return posbench.load_model("tiny-gpt2")
 

@@ -7,16 +7,20 @@ import itertools
 
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import rotate_half
 
+import posbench
 from posbench.data.segments import SegmentedPrompt
+from posbench.data.texts import natural_texts
 from posbench.errors import BadOptionError, PosbenchError
-from posbench.interventions.pine import Pine, PineNeedsSegmentsError
+from posbench.interventions.pine import Pine, PineNeedsSegmentsError, PineScores
 from posbench.interventions.positions import PositionShift, SharedPositions
 from posbench.interventions.rope_scaling import PositionInterpolation
 from posbench.protocols import AttentionEdit
 from posbench.registry import parse_intervention
 from posbench.sites import AttentionOverride, Capture
+from posbench.zoo import build_tiny
 
 PROMPT = SegmentedPrompt(
     "Read the notes.\n",
@@ -213,6 +217,92 @@ def test_left_right_padding_and_one_at_a_time_agree(request, fixture):
         alone = _suffix_logits(model, model.segment_batch([prompt], continuations=[conts[i]]))[0]
         torch.testing.assert_close(per_side["left"][i], alone, rtol=0, atol=1e-4)
         torch.testing.assert_close(per_side["right"][i], alone, rtol=0, atol=1e-4)
+
+
+TWO = SegmentedPrompt("Choose:", (" the red owl", " a fox"), " Which?")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_neox", "tiny_llama64"])
+def test_rows_with_different_numbers_of_segments_share_a_batch(request, fixture):
+    """Rows with 4, 2, 1 and 3 segments in one padded batch (the shorter rows carry empty
+    segment slots and padding): every real token of every row is what the row gives alone,
+    left and right padding, and the one-segment row is the plain model. In fp64 (and bf16) the
+    padding queries, which see no key, used to softmax to NaN in the bridge's fp32 softmax and
+    poison their row through the pads' values."""
+    model = request.getfixturevalue(fixture)
+    prompts, conts = [PROMPT, TWO, ONE, SHORT], [[5, 6], [7], [], [8, 9, 10]]
+    alone = [_hidden(model, model.segment_batch([p], continuations=[c]), [Pine()])[0] for p, c in zip(prompts, conts)]
+    plain = _hidden(model, model.segment_batch([ONE]), [])[0]
+    torch.testing.assert_close(alone[2], plain, rtol=0, atol=1e-5)
+    for side in ("left", "right"):
+        batch = model.segment_batch(prompts, side, conts)
+        assert len({len(s.segments) for s in batch.segments}) == 4 and not batch.attention_mask.all()
+        together = _hidden(model, batch, [Pine()])
+        for row, single in zip(together, alone):
+            torch.testing.assert_close(row, single, rtol=0, atol=1e-5)
+        torch.testing.assert_close(together[2], plain, rtol=0, atol=1e-5)
+
+
+def test_identical_segments_tie_and_the_order_still_does_not_matter(tiny_llama):
+    """Two identical segments tie exactly in every importance ranking (same tokens, same
+    keys); with a third, different one, all six orders give the same suffix and continuation
+    logits within 1e-5: the tie-break (content, then slot) is order-invariant, and where it
+    falls back to the slot the tied segments are interchangeable."""
+    twin = SegmentedPrompt("Notes:", (" the owl is red.", " the owl is red.", " a fox runs fast!"), " Red?")
+    orders = [list(o) for o in itertools.permutations(range(3))]
+    for side in ("left", "right"):
+        batch = tiny_llama.segment_batch([twin.permuted(o) for o in orders], side, [[5, 6]] * len(orders))
+        logits = torch.stack(_suffix_logits(tiny_llama, batch))
+        torch.testing.assert_close(logits, logits[:1].expand_as(logits), rtol=0, atol=1e-5)
+
+
+class RecordedPine(Pine):
+    """PINE that keeps each layer's segment shifts ([B, H, T, N]) in ``shifts``."""
+
+    name = None
+
+    def __init__(self):
+        self.shifts = {}
+
+    def attention_overrides(self, model):
+        outer = self
+
+        class Recorded(PineScores):
+            def scores(self, q, k, ctx):
+                self.layer = ctx.layer
+                return super().scores(q, k, ctx)
+
+            def _shifts(self, raw, layout):
+                outer.shifts[self.layer] = super()._shifts(raw, layout)
+                return outer.shifts[self.layer]
+
+        return [Recorded(windows=tuple(model.card.sliding_windows), softcap=model.card.attn_logit_softcap)]
+
+
+def test_importance_ranking_rounds_alike_in_every_order():
+    """Layer 0 sees the same tokens in every order, so its importances, and PINE's ranking, must
+    come out bitwise the same once matched by content. 20 passages of 30 tokens on a one-layer
+    tiny-llama with a 2048-token context: summing the segments' masses in slot order (and the
+    query segment's tokens in column order) used to round differently per order, and 1.2% of
+    the (head, query) rows ranked two near-tied segments the other way round."""
+    hf, tokenizer = build_tiny("tiny-llama")
+    hf.config.update({"num_hidden_layers": 1, "max_position_embeddings": 2048})
+    torch.manual_seed(0)
+    model = posbench.load_model(LlamaForCausalLM(hf.config).eval(), tokenizer)
+    text = " ".join(natural_texts())
+    prompt = SegmentedPrompt("Read the passages.\n\n", tuple(text[30 * i : 30 * i + 30] + "\n\n" for i in range(20)),
+                             "Question: what is the second passage about?\nAnswer:")
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(20)).tolist()
+    first, second = model.segment_batch([prompt]), model.segment_batch([prompt.permuted(order)])
+    same = torch.arange(first.width)  # the first row's column of each column's token in the second
+    for slot, content in enumerate(order):
+        same[slice(*second.segments[0].segments[slot])] = torch.arange(*first.segments[0].segments[content])
+    runs = [RecordedPine(), RecordedPine()]
+    for batch, run in zip((first, second), runs):
+        _hidden(model, batch, [run])
+    queries = slice(first.segments[0].prefix[1], None)  # segment and suffix queries
+    matched = runs[0].shifts[0][:, :, same][..., order]
+    assert torch.equal(runs[1].shifts[0][:, :, queries], matched[:, :, queries])
 
 
 @pytest.mark.embedded

@@ -101,8 +101,8 @@ SMALL = dict(task="all", n_items=1, n_segments=(3,), slots=0, n_boot=0, attnrank
 
 
 @pytest.fixture(scope="module")
-def llama64():
-    return posbench.load_model("tiny-llama", dtype=torch.float64)
+def llama64(tiny_llama64):
+    return tiny_llama64
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +392,7 @@ def test_gemma_is_lost_in_the_middle_and_its_judge_bias_is_a_label_bias(gemma):
 
 def test_pine_makes_the_probe_read_order_invariant(llama64):
     """PINE (posbench.interventions.pine) through the probe, all tasks in one run (prompts with
-    2, 3 and 4 segments: scored in separate batches): every permutation of the segments gives
+    2, 3 and 4 segments sharing padded batches): every permutation of the segments gives
     the same log-likelihoods, as PINE's construction promises; recorded in the result."""
     from posbench.registry import parse_intervention
 

@@ -311,7 +311,11 @@ class PineScores(AttentionOverride):
         N, L = layout.seg_cols.shape[1:]
         if N:
             self._segment_scores(out, q, k, angles, layout, window)
-        return out[..., : T * T].view(B, H, T, T)
+        # a padding query sees no key: give it a finite, flat row. Left at the mask value, its
+        # softmax is NaN once that value becomes -inf (fp64 or bf16 scores, softmax upcast to or
+        # from fp32), and the NaN reaches the row's real tokens through the pad's value (0 * NaN)
+        scores = out[..., : T * T].view(B, H, T, T)
+        return scores.masked_fill_((layout.kind == PAD)[:, None, :, None], 0.0)
 
     def _segment_scores(self, out, q, k, angles, layout: SegmentLayout, window: int | None) -> None:
         """Write the scores of every segment key into ``out``: importance from un-rotated q/k,
@@ -339,17 +343,24 @@ class PineScores(AttentionOverride):
         """How far back each segment s is moved for query t and head h ([B, H, T, N]): the total
         length of the segments ranked before it. A suffix query ranks the segments by its own
         attention over their tokens, length-normalised (the mean weight per token); a segment
-        query by the sum of that over its segment's tokens, its own segment first. Ties in
-        importance are broken by content."""
+        query by the sum of that over its segment's tokens, its own segment first. Exact ties
+        are broken by content (``SegmentLayout.tiebreak``); the sums run in an order that does
+        not depend on the segments' order, so equal inputs give bitwise equal importances."""
         B, H, T, N, _ = raw.shape
         # softmax over the segment tokens, in place: raw is not needed afterwards
         raw.masked_fill_(~layout.importance_keys, torch.finfo(raw.dtype).min)
         raw.sub_(raw.amax(dim=(-2, -1), keepdim=True)).exp_()
         mass = raw.sum(-1)  # [B, H, T, N]
-        per_seg = mass / mass.sum(-1, keepdim=True) / layout.seg_len.clamp(min=1)[:, None, None, :]
+        # sums over segments run in content order, and over a query segment's tokens in token
+        # order, so that two orders of the same segments round alike (near-ties stay put)
+        canonical = layout.tiebreak.argsort(-1)[:, None, None, :].expand(B, H, T, N)
+        total = mass.gather(-1, canonical).sum(-1, keepdim=True)
+        per_seg = mass / total / layout.seg_len.clamp(min=1)[:, None, None, :]
+        L = layout.seg_cols.shape[2]
+        tokens = layout.seg_cols.clamp(max=T - 1).view(B, 1, N * L, 1).expand(B, H, N * L, N)
+        seg_to_seg = (per_seg.gather(2, tokens).view(B, H, N, L, N)
+                      * layout.seg_valid[:, None, :, :, None]).sum(3)  # [B, H, N (query), N (key)]
         is_seg = layout.kind == SEGMENT
-        member = (layout.own & is_seg[..., None]).to(per_seg.dtype)  # [B, T, N]
-        seg_to_seg = torch.einsum("bhtn,btm->bhmn", per_seg, member)  # [B, H, N (query), N (key)]
         index = layout.seg_of.clamp(min=0)[:, None, :, None].expand(B, H, T, N)
         importance = torch.where(is_seg[:, None, :, None], seg_to_seg.gather(2, index), per_seg)
         importance = importance.masked_fill(layout.own[:, None], float("inf"))

@@ -177,26 +177,16 @@ class PositionBiasProbe(Probe):
         """(scores rows, attention rows, per-head attention rows) for items scored by log-likelihood."""
         c = self.config
         pack = {"auto": "auto", "on": True, "off": False}[c.pack]
-        # one plan per number of segments: a batch never mixes segment counts, so a segment-aware
-        # intervention (PINE) never sees a row padded with absent segments
-        groups: dict[int, list[int]] = {}
-        for k, t in enumerate(items):
-            groups.setdefault(t.item.prompt.n_segments, []).append(k)
-        plans = {n: plan_scoring(model, [items[k].item.prompt for k in ks], [list(items[k].item.choices) for k in ks],
-                                 pack=pack, max_packed=c.max_tokens) for n, ks in groups.items()}
-        all_rows = [r for plan in plans.values() for r in plan.rows]
-        self._check_memory(model, len(all_rows), max(r.length for r in all_rows))
-        with Progress(len(all_rows), f"{desc} on {model.model_id}", enabled=progress, unit="row") as bar:
-            results = {n: run_plan(model, plan, batch_size=c.batch_size, attention=attention, progress=bar)
-                       for n, plan in plans.items()}
-        where = {k: (n, i) for n, ks in groups.items() for i, k in enumerate(ks)}
+        plan = plan_scoring(model, [t.item.prompt for t in items], [list(t.item.choices) for t in items], pack=pack,
+                            max_packed=c.max_tokens)
+        self._check_memory(model, len(plan.rows), max(r.length for r in plan.rows))
+        with Progress(len(plan.rows), f"{desc} on {model.model_id}", enabled=progress, unit="row") as bar:
+            result = run_plan(model, plan, batch_size=c.batch_size, attention=attention, progress=bar)
         rows, attn, heads = [], [], {}
         for k, t in enumerate(items):
-            n, i = where[k]
-            result = results[n]
-            rows += t.score_rows(result.logprobs[i], result.n_tokens[i], result.prompt_tokens[i])
+            rows += t.score_rows(result.logprobs[k], result.n_tokens[k], result.prompt_tokens[k])
             if attention:
-                mass = result.attention[i]  # [layers, heads, segments]
+                mass = result.attention[k]  # [layers, heads, segments]
                 attn += self._attention_rows(model, t, mass)
                 key = (t.task, t.item.prompt.n_segments)
                 total, count = heads.get(key, (0.0, 0))
