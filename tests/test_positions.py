@@ -24,15 +24,18 @@ def _batch(model):
     return model.batch(model.tokenize(TEXTS), "left")
 
 
+# The references below are HF forwards of the loaded model, which runs eager attention; the edits
+# are compared on posbench's eager path too, so the check stays exact (the fast SDPA path differs
+# from eager by float rounding, ~3e-5 in SmolLM2's logits, and is checked in test_backend_fast.py).
 def _forward(model, batch, *interventions):
-    with model.intervene(*interventions):
+    with model.using_attention("eager"), model.intervene(*interventions):
         return model.forward(batch)
 
 
 def _hidden(model, batch, *interventions):
     """Final normalised hidden states (the unembedding's input: Gemma's 262k-token unembedding
     would dominate the runtime, and adds nothing to a comparison of two forwards)."""
-    with model.intervene(*interventions):
+    with model.using_attention("eager"), model.intervene(*interventions):
         return model.run(batch, [Capture("h", "final_norm", lambda x, ctx: x)]).captured["h"]
 
 
