@@ -32,6 +32,7 @@ from posbench.probes.refusal import (
 from posbench.probes.refusal.activations import last_token_logits
 from posbench.probes.refusal.heads import attribution_table, suppressors
 from posbench.probes.refusal.trace import decision_projections
+from posbench.probes.refusal.views import RefusalView
 
 TINY = dict(n_train=6, n_val=3, n_generate=2, max_new_tokens=3, causal_heads=2, n_boot=50)
 MARKER = " ~"
@@ -355,6 +356,21 @@ def test_probe_tables_and_conditions(tiny_run, tiny_llama):
     assert n_heads == (0 if s["heads_ablated"] == "none" else len(s["heads_ablated"].split(", ")))
     assert len(t["direction"]) == tiny_llama.n_layers * tiny_llama.card.d_model
     assert set(tiny_run.figures) >= {"separation_by_layer", "trace_probability", "refusal_rates", "head_attribution"}
+
+
+def test_finding_states_the_tables_numbers(tiny_run):
+    """The report's finding for refusal: its numbers are the result's, and it carries a verdict."""
+    finding = RefusalView.finding(tiny_run)
+    s, t = tiny_run.summary, tiny_run.tables
+    probe = t["candidates"][t["candidates"].position == -1]
+    text = finding.text()
+    assert f"val AUROC {probe.probe_val_auroc.max():.2f} (best layer {s['best_probe_layer']})" in text
+    assert f"layer {s['layer']}, template position {s['position']}" in text
+    harmful = t["behaviour"].set_index(["condition", "label"]).loc[("baseline", "harmful")]
+    assert f"cliff (instruction tail minus decision token) {harmful.cliff:.2f}" in text
+    assert "Under ablate-direction: mean harmful refusal score" in text
+    assert finding.verdict.split(":")[0] in {"Agrees", "Partly agrees", "Differs"}
+    assert "Arditi et al. 2024" in finding.references
 
 
 def test_ablation_selection_scores_the_shortlist(tiny_llama):

@@ -7,13 +7,52 @@ from __future__ import annotations
 import pandas as pd
 
 from posbench.protocols import ProbeResult
-from posbench.views import ProbeView
+from posbench.views import Finding, ProbeView, pct
 
 TRACE_WINDOW = 48  # tokens before the decision token shown in the mean trace
 
 
 class RefusalView(ProbeView):
     probe = "refusal"
+
+    @classmethod
+    def finding(cls, result: ProbeResult) -> Finding:
+        t, s = result.tables, result.summary
+        probe = t["candidates"][t["candidates"].position == -1].sort_values("layer")
+        separated = probe[probe.probe_val_auroc >= 0.95]
+        first = int(separated.layer.iloc[0]) if len(separated) else None
+        sentences = [
+            f"Harmful and harmless instructions: the logistic probe at the last template token reaches val AUROC "
+            f"{probe.probe_val_auroc.max():.2f} (best layer {s['best_probe_layer']})"
+            + (f", first >= 0.95 at layer {first}." if first is not None else "; it never reaches 0.95."),
+            f"Chosen direction: layer {s['layer']}, template position {s['position']} ({s['position_token']!r}), "
+            f"val AUROC {s['val_auroc']:.2f}.",
+        ]
+        behaviour = t["behaviour"].set_index(["condition", "label"])
+        checks = [("harmful and harmless are linearly separable" if first is not None
+                   else "harmful and harmless are not separable at AUROC 0.95", first is not None)]
+        if ("baseline", "harmful") in behaviour.index and ("baseline", "harmless") in behaviour.index:
+            harmful, harmless = behaviour.loc[("baseline", "harmful")], behaviour.loc[("baseline", "harmless")]
+            sentences.append(
+                f"Probe refusal rate at the decision token: {pct(harmful.probe_refusal_rate)} of harmful vs "
+                f"{pct(harmless.probe_refusal_rate)} of harmless prompts; refusal phrases in "
+                f"{pct(harmful.refusal_rate)} of harmful answers; cliff (instruction tail minus decision token) "
+                f"{harmful.cliff:.2f}.")
+            for condition, direction, claim in (("ablate-direction", -1, "ablating the direction lowers harmful refusal"),
+                                                ("ablate-heads", 1, "ablating the suppressor heads raises harmful refusal")):
+                if (condition, "harmful") in behaviour.index:
+                    after = behaviour.loc[(condition, "harmful")].mean_refusal_score
+                    before = harmful.mean_refusal_score
+                    sentences.append(f"Under {condition}: mean harmful refusal score {before:.2f} -> {after:.2f}.")
+                    checks.append((claim if (after - before) * direction > 0 else f"not: {claim}",
+                                   (after - before) * direction > 0))
+        published = ("Arditi et al. 2024: refusal is mediated by one direction that separates harmful from harmless "
+                     "instructions in the middle layers, and ablating it removes refusal; Yin et al. 2025: refusal "
+                     "intent collapses just before the answer, pushed down by a sparse set of heads whose ablation "
+                     "restores refusal.")
+        word = "Agrees" if all(ok for _, ok in checks) else "Differs" if not any(ok for _, ok in checks) else "Partly agrees"
+        verdict = f"{word}: " + "; ".join(text for text, _ in checks) + "."
+        return Finding(sentences, published, verdict, ["Arditi et al. 2024", "Yin et al. 2025"])
 
     @classmethod
     def reading_tables(cls, result: ProbeResult):
