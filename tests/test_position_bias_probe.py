@@ -26,6 +26,7 @@ reports both protocols.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 
@@ -143,6 +144,24 @@ def test_an_order_invariant_model_reads_flat(invariant_run):
     att = result.tables["attention"].fillna({"meta_assignment": -1})
     gold = att[att["is_gold"]].groupby(["task", "item_id", "meta_assignment", "layer"])["mass"].agg(np.ptp)
     assert gold.max() < 1e-6  # the gold segment draws the same attention in every slot
+
+
+def test_compare_puts_models_on_the_same_depth_axis(llama64, invariant_run):
+    """The report index's comparison: one accuracy-by-depth line per model and retrieval task,
+    whose points are the models' own u_curve rows."""
+    from posbench.probes.position_bias.views import PositionBiasView
+
+    plain = PositionBiasProbe(**SMALL).run(llama64)
+    figs = PositionBiasView.compare({"order-free": invariant_run, "plain": plain})
+    traces = {(t.name, t.xaxis): t for t in figs["u_curves"].data}
+    assert {name for name, _ in traces} == {"order-free", "plain"}
+    for name, result in (("order-free", invariant_run), ("plain", plain)):
+        curve = result.tables["u_curve"]
+        kv = curve[curve["task"] == "kv"].sort_values("gold_slot")
+        ys = [list(t.y) for (n, _), t in traces.items() if n == name]
+        assert list(kv["accuracy"]) in ys
+    no_retrieval = dataclasses.replace(plain, tables={**plain.tables, "u_curve": plain.tables["u_curve"].iloc[0:0]})
+    assert PositionBiasView.compare({"a": no_retrieval}) == {}
 
 
 def test_an_attention_edit_reading_the_segments_runs_through_every_pass_and_is_recorded(llama64, invariant_run):

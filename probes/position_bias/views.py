@@ -99,6 +99,29 @@ class PositionBiasView(ProbeView):
         return out
 
     @classmethod
+    def compare(cls, results):
+        """Lost in the middle on the same axes: accuracy by gold depth (0 = first segment, 1 = last),
+        one line per model, one panel per retrieval task (its largest number of segments)."""
+        import pandas as pd
+        import plotly.express as px
+
+        rows = []
+        for model, r in results.items():
+            curve = r.tables["u_curve"]
+            curve = curve[curve["task"].isin(RETRIEVAL)]
+            for task, g in curve.groupby("task", sort=False):
+                g = g[g["n_segments"] == g["n_segments"].max()]
+                rows.append(pd.DataFrame({"model": model, "task": f"{task} ({int(g['n_segments'].iloc[0])} segments)",
+                                          "gold depth": g["gold_slot"] / max(int(g["n_segments"].iloc[0]) - 1, 1),
+                                          "accuracy": g["accuracy"]}))
+        if not rows:
+            return {}
+        frame = pd.concat(rows, ignore_index=True)
+        return {"u_curves": px.line(
+            frame, x="gold depth", y="accuracy", color="model", facet_col="task", markers=True, range_y=[0, 1.02],
+            title="Lost in the middle: accuracy by the gold segment's depth (0 = first, 1 = last)")}
+
+    @classmethod
     def figures(cls, result: ProbeResult):
         import plotly.express as px
         import plotly.graph_objects as go
