@@ -41,6 +41,15 @@ def pct(x: float) -> str:
     return f"{100 * float(x):.1f}%"
 
 
+def verdict(checks: "list[tuple[str, bool]]") -> str:
+    """A finding's verdict from (claim, holds) checks against the published result: "Agrees" when
+    all hold, "Differs" when none does, else "Partly agrees", followed by the claims; "" if none."""
+    if not checks:
+        return ""
+    word = "Agrees" if all(ok for _, ok in checks) else "Differs" if not any(ok for _, ok in checks) else "Partly agrees"
+    return f"{word}: " + "; ".join(text for text, _ in checks) + "."
+
+
 def humanize(key: str) -> str:
     """A summary key without a declared label: words instead of snake case."""
     return re.sub(r"[_:]+", " ", str(key)).strip()

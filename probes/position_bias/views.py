@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from posbench.protocols import ProbeResult
-from posbench.views import Finding, ProbeView, pct
+from posbench.views import Finding, ProbeView, pct, verdict
 
 RETRIEVAL = ("kv", "mdqa")
 CURVES = {  # metric -> (mean, lo, hi, axis title)
@@ -70,11 +70,7 @@ class PositionBiasView(ProbeView):
         published = ("Liu et al. 2024: accuracy is highest with the answer at the start or the end of the context and "
                      "lowest in the middle; Zheng et al. 2024: models prefer some option labels (a non-uniform PriDe "
                      "prior); LLM judges change verdicts when the answers swap (Zheng et al. 2023).")
-        verdict = ""
-        if checks:
-            word = "Agrees" if all(ok for _, ok in checks) else "Differs" if not any(ok for _, ok in checks) else "Partly agrees"
-            verdict = f"{word}: " + "; ".join(text for text, _ in checks) + "."
-        return Finding(sentences, published, verdict, ["Liu et al. 2024", "Zheng et al. 2024", "Zheng et al. 2023"])
+        return Finding(sentences, published, verdict(checks), ["Liu et al. 2024", "Zheng et al. 2024", "Zheng et al. 2023"])
 
     @classmethod
     def reading_tables(cls, result: ProbeResult):

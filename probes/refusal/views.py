@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from posbench.protocols import ProbeResult
-from posbench.views import Finding, ProbeView, pct
+from posbench.views import Finding, ProbeView, pct, verdict
 
 TRACE_WINDOW = 48  # tokens before the decision token shown in the mean trace
 
@@ -50,9 +50,7 @@ class RefusalView(ProbeView):
                      "instructions in the middle layers, and ablating it removes refusal; Yin et al. 2025: refusal "
                      "intent collapses just before the answer, pushed down by a sparse set of heads whose ablation "
                      "restores refusal.")
-        word = "Agrees" if all(ok for _, ok in checks) else "Differs" if not any(ok for _, ok in checks) else "Partly agrees"
-        verdict = f"{word}: " + "; ".join(text for text, _ in checks) + "."
-        return Finding(sentences, published, verdict, ["Arditi et al. 2024", "Yin et al. 2025"])
+        return Finding(sentences, published, verdict(checks), ["Arditi et al. 2024", "Yin et al. 2025"])
 
     @classmethod
     def reading_tables(cls, result: ProbeResult):

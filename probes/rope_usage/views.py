@@ -9,7 +9,7 @@ import pandas as pd
 from posbench.heads import LABELS, OFFSET_LABELS, POSITIONAL_LABELS
 from posbench.protocols import ProbeResult
 from posbench.rope_theory import feasibility_figure
-from posbench.views import Finding, ProbeView
+from posbench.views import Finding, ProbeView, verdict
 
 
 class RopeUsageView(ProbeView):
@@ -54,8 +54,7 @@ class RopeUsageView(ProbeView):
         if lowest and highest:
             ok = abs(dl) < 0.05 and dh > abs(dl)
             checks.append(("p-RoPE on the lowest quarter is free" if ok else "p-RoPE on the lowest quarter is not free", ok))
-        word = "Agrees" if all(ok for _, ok in checks) else "Differs" if not any(ok for _, ok in checks) else "Partly agrees"
-        return Finding(sentences, published, f"{word}: " + "; ".join(t for t, _ in checks) + ".", ["Barbero et al. 2025"])
+        return Finding(sentences, published, verdict(checks), ["Barbero et al. 2025"])
 
     @classmethod
     def reading_tables(cls, result: ProbeResult):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from posbench.protocols import ProbeResult
-from posbench.views import Finding, ProbeView, pct
+from posbench.views import Finding, ProbeView, pct, verdict
 
 _FOLLOWS = {"token": "the first token itself", "position 0": "position 0, whatever token sits there",
             "both": "both the first token and position 0", "no sink": "nothing (no sink when the first token moves)"}
@@ -74,11 +74,7 @@ class SinksView(ProbeView):
         if "max_activation_ratio" in s:
             big = s["max_activation_ratio"] >= 100
             checks.append(("a massive activation is present" if big else "no massive activation (ratio < 100×)", big))
-        verdict = ""
-        if checks:
-            word = "Agrees" if all(ok for _, ok in checks) else "Differs" if not any(ok for _, ok in checks) else "Partly agrees"
-            verdict = f"{word}: " + "; ".join(text for text, _ in checks) + "."
-        return Finding(sentences, published, verdict, ["Gu et al. 2025", "Sun et al. 2024"])
+        return Finding(sentences, published, verdict(checks), ["Gu et al. 2025", "Sun et al. 2024"])
 
     @classmethod
     def reading_tables(cls, result: ProbeResult):
