@@ -214,6 +214,12 @@ class _ReportModel:
             self.card, self.model_id = self._model.card, self._model.model_id
         return self._model
 
+    def validate(self, intervention) -> None:
+        try:
+            intervention.validate(self)
+        except AttributeError:  # it asks more than the card: ask the loaded model
+            intervention.validate(self.load())
+
     def not_applicable(self, probe_cls) -> str | None:
         try:
             return probe_cls.not_applicable(self)
@@ -221,12 +227,17 @@ class _ReportModel:
             return probe_cls.not_applicable(self.load())
 
 
+def _stored_run_id(store, model: _ReportModel, probe, interventions, args) -> str | None:
+    if args.rerun:
+        return None
+    described = json.loads(json.dumps([iv.describe() for iv in interventions], default=str))
+    return store.latest(model.model_id, probe.name, probe.get_params(), described, data_source="default")
+
+
 def _stored_or_run(store, model: _ReportModel, probe, interventions, args, unsaved):
     """The newest stored run of ``probe`` (default data, same config and interventions) unless
     ``--rerun``; else a fresh run, stored."""
-    described = [iv.describe() for iv in interventions]
-    run_id = None if args.rerun else store.latest(model.model_id, probe.name, probe.get_params(),
-                                                  json.loads(json.dumps(described, default=str)), data_source="default")
+    run_id = _stored_run_id(store, model, probe, interventions, args)
     label = probe.name + (" under " + " + ".join(iv.name for iv in interventions) if interventions else "")
     if run_id is not None:
         _say(f"posbench: using stored run {run_id} of {label}")
@@ -241,6 +252,29 @@ def _stored_or_run(store, model: _ReportModel, probe, interventions, args, unsav
     return result
 
 
+def _showcase_runs(store, model, ran, args, interventions, unsaved):
+    """Each registered intervention through the probe it declares (posbench.report.showcases),
+    ``ran``: the report's probes by name; an intervention that does not fit the model is listed
+    with the reason instead."""
+    from .errors import PosbenchError
+    from .report import showcases
+
+    if args.no_showcase:
+        return [], {}
+    runs, not_shown = showcases(ran, asked=[iv.name for iv in interventions])
+    done = []
+    for probe_name, iv in runs:
+        probe = ran[probe_name]
+        try:
+            if _stored_run_id(store, model, probe, (iv,), args) is None:
+                model.validate(iv)
+            done.append(_stored_or_run(store, model, probe, (iv,), args, unsaved))
+        except PosbenchError as err:
+            not_shown[iv.name] = f"does not fit this model: {err}"
+            _say(f"posbench: not showing {iv.name}: {err}")
+    return done, not_shown
+
+
 def _model_report(alias, out, store, args, interventions, unsaved):
     from .registry import probes
     from .report import in_suite, write_report
@@ -248,7 +282,7 @@ def _model_report(alias, out, store, args, interventions, unsaved):
     model = _ReportModel(alias)
     for iv in interventions:
         iv.validate(model.load())
-    results, intervened, skipped = [], [], {}
+    results, intervened, skipped, ran = [], [], {}, {}
     for name, probe_cls in probes().items():
         if not in_suite(probe_cls, args.suite):
             continue
@@ -264,7 +298,12 @@ def _model_report(alias, out, store, args, interventions, unsaved):
         stored = [store.load(rid) for rid in store.intervened(model.model_id, name, probe.get_params())
                   if rid not in asked_ids]
         intervened += asked + stored
-    page = write_report(model.card, results, out, log=_progress_printer, skipped=skipped, intervened=intervened)
+        ran[name] = probe
+    shown, not_shown = _showcase_runs(store, model, ran, args, interventions, unsaved)
+    seen = {r.run_id for r in intervened}
+    intervened += [r for r in shown if r.run_id not in seen]
+    page = write_report(model.card, results, out, log=_progress_printer, skipped=skipped, intervened=intervened,
+                        not_shown=not_shown)
     return model.card, results, page
 
 
@@ -443,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="standard: the probes that take minutes on a CPU (default); full: every probe")
     p_rep.add_argument("--intervention", "-i", action="append", metavar="NAME:ARGS",
                        help="also run the suite under this intervention and show it beside the plain runs; repeatable")
+    p_rep.add_argument("--no-showcase", action="store_true",
+                       help="skip the runs that show each intervention through one probe (e.g. sinks with positions "
+                       "starting at 1000, position bias under PINE)")
     p_rep.add_argument("--store", action=_Once, help=STORE_HELP)
     p_rep.add_argument("--rerun", action="store_true", help="run the probes again even if stored")
     p_rep.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

@@ -70,6 +70,10 @@ class Intervention(ABC):
     # The options dataclass (``posbench.options.option`` fields): ``from_spec`` parses
     # ``key=value;key=value`` against it and constructors validate with ``options.build``.
     Config: ClassVar[type | None] = None
+    # How ``posbench report`` shows it: (probe name, spec after "NAME:") run beside the plain
+    # probe; None with ``showcase_note`` saying where else it is seen (or what it needs).
+    showcase: ClassVar[tuple[str, str] | None] = None
+    showcase_note: ClassVar[str] = ""
 
     def edit_batch(self, batch: "Batch", model: "HookedModel") -> "Batch":
         """The batch this intervention runs instead (input edits)."""

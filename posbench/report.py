@@ -5,7 +5,9 @@ and an index that compares several models on the same axes.
 Each probe's section opens with its finding (``ProbeView.finding``: numbers, then the published
 result it reproduces), then the summary with human names and units, reading tables, figures and
 the configuration. A section "With and without interventions" puts the summaries of a probe run
-plain and under each intervention side by side.
+plain and under each intervention side by side: every registered intervention is shown through
+the probe it declares (``Intervention.showcase``, e.g. sinks with positions starting at 1000, PINE
+under position bias), plus any the user passes with ``--intervention``.
 
 Every value in the page is escaped (``posbench.render``); the template's ``{{slots}}`` are filled
 in one pass, so a stored value that reads ``{{plotlyjs}}`` stays text; file names are made of
@@ -20,13 +22,16 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
 from .card import ModelCard
 from .protocols import ProbeResult, _fmt, intervention_label, package_versions
 from .render import _escape_frame, safe_finding, safe_id
+
+if TYPE_CHECKING:
+    from .protocols import Intervention
 
 _TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 _SLOT = re.compile(r"\{\{(\w+)\}\}")
@@ -85,6 +90,27 @@ def _table_names(results: Sequence[ProbeResult]) -> dict[tuple[int, str], str]:
 
 
 # ---------------------------------------------------------------------------- interventions
+def showcases(ran: Iterable[str], asked: Iterable[str] = ()) -> tuple[list[tuple[str, "Intervention"]], dict[str, str]]:
+    """Each registered intervention through the probe it declares (``Intervention.showcase``) for
+    the "With and without interventions" section: the (probe, intervention) runs to make, and for
+    every other intervention why it is not shown. ``ran``: the probes of this report; ``asked``:
+    names of interventions the user passed (``--intervention``), which replace their showcase."""
+    from .registry import interventions
+
+    ran, asked = set(ran), set(asked)
+    runs, notes = [], {}
+    for name, cls in sorted(interventions().items()):
+        if name in asked:
+            continue
+        if cls.showcase is None:
+            notes[name] = cls.showcase_note or "no default showcase; pass it with --intervention"
+        elif cls.showcase[0] not in ran:
+            notes[name] = f"shown through {cls.showcase[0]}, which this report does not run"
+        else:
+            runs.append((cls.showcase[0], cls.from_spec(cls.showcase[1])))
+    return runs, notes
+
+
 def intervention_comparison(plain: ProbeResult, under: Sequence[ProbeResult]) -> pd.DataFrame:
     """One row per summary measure of ``plain``: its value without interventions and under each
     of ``under`` (same probe, model and configuration), side by side."""
@@ -96,7 +122,8 @@ def intervention_comparison(plain: ProbeResult, under: Sequence[ProbeResult]) ->
     return pd.DataFrame([{"measure": label(k), **{c: _fmt(s.get(k, "")) for c, s in columns.items()}} for k in keys])
 
 
-def _interventions_section(results: Sequence[ProbeResult], intervened: Sequence[ProbeResult]) -> str:
+def _interventions_section(results: Sequence[ProbeResult], intervened: Sequence[ProbeResult],
+                           not_shown: Mapping[str, str] | None = None) -> str:
     h = html.escape
     parts = []
     for plain in results:
@@ -110,6 +137,9 @@ def _interventions_section(results: Sequence[ProbeResult], intervened: Sequence[
                 parts.append(f"<p><b>Under {h(' + '.join(intervention_label(iv) for iv in r.interventions))}:</b> "
                              f"{h(' '.join(finding.sentences))}</p>")
         parts.append(_escape_frame(intervention_comparison(plain, under), classes="interventions"))
+    if not_shown:
+        parts.append("<h3>Not shown here</h3><ul>" + "".join(
+            f"<li>{h(k)}: {h(v)}</li>" for k, v in not_shown.items()) + "</ul>")
     if not parts:
         return ""
     return ('<section id="interventions"><h2>With and without interventions</h2>'
@@ -125,18 +155,20 @@ def write_report(
     log: Callable[[str], None] | None = None,
     skipped: dict[str, str] | None = None,
     intervened: Sequence[ProbeResult] = (),
+    not_shown: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``index.html``, ``results.json`` and ``tables/*.csv`` + ``*.parquet`` into
-    ``out_dir``; ``intervened`` are runs of the same probes under interventions."""
+    ``out_dir``; ``intervened`` are runs of the same probes under interventions; ``not_shown``: the
+    interventions without such a run, and why."""
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    sections = "\n".join(_section(r) for r in results) + _interventions_section(results, intervened)
+    sections = "\n".join(_section(r) for r in results) + _interventions_section(results, intervened, not_shown)
     if skipped:
         sections += "\n<section><h2>Not run</h2><ul>" + "".join(
             f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in skipped.items()
         ) + "</ul></section>"
     toc = " · ".join(f'<a href="#{safe_id(r.probe)}">{html.escape(r.probe)}</a>' for r in results)
-    if intervened:
+    if intervened or not_shown:
         toc += ' · <a href="#interventions">interventions</a>'
     index = out / "index.html"
     index.write_text(_page(f"posbench report: {card.model_id}", toc, _card_html(card), sections), encoding="utf-8")
@@ -159,6 +191,7 @@ def write_report(
         "probes": {r.probe: entry(i, r) for i, r in enumerate(results)},
         "interventions": [entry(len(results) + i, r) | {"probe": r.probe} for i, r in enumerate(intervened)],
         "skipped": skipped or {},
+        "interventions_not_shown": dict(not_shown or {}),
     }
     (out / "results.json").write_text(json.dumps(machine, indent=1, default=str), encoding="utf-8")
     for i, r in enumerate(every):

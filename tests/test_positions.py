@@ -216,6 +216,9 @@ def test_position_edit_errors_and_specs(tiny_gpt2, tiny_llama):
     batch = _batch(tiny_gpt2)
     with pytest.raises(PositionIdError, match="position id 5.. is beyond tiny-gpt2's learned position table \\(rows 0-511\\)"):
         _forward(tiny_gpt2, batch, PositionShift(500))
+    with pytest.raises(PositionIdError, match="offset 512 leaves no row of tiny-gpt2's learned position table"):
+        PositionShift(512).validate(tiny_gpt2)
+    PositionShift(511).validate(tiny_gpt2)  # fits a one-token input
     with pytest.raises(PositionIdError, match="position id -1 is negative"):
         _forward(tiny_gpt2, batch, PositionShift(-1))
     with pytest.raises(PositionIdError, match="row 0 has [0-9]+ tokens but only 3 ids"):

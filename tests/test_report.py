@@ -20,7 +20,7 @@ def two_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
     store = root / "results.sqlite"
     argv = ["report", "--models", "tiny-llama,tiny-gpt2", "-i", "ablate-heads:1.0", "--store", str(store),
-            "--out", str(root / "out"), "-q"]
+            "--out", str(root / "out"), "-q", "--no-showcase"]
     assert main(argv) == 0
     return root / "out", store, argv
 
@@ -65,6 +65,32 @@ def test_model_report_states_findings_names_metrics_and_shows_interventions(two_
     assert len(Store(store).runs()) == 4 * 2 + 3 * 2, "plain + ablated runs of 4 probes (llama) and 3 (gpt2)"
 
 
+def test_report_shows_every_intervention_through_its_probe(tmp_path):
+    """Without --intervention, each registered intervention is run through the probe it declares
+    (or listed with why not); on a RoPE model, positions shifted by 1000 leave the sinks as they were."""
+    from posbench.registry import interventions
+
+    store, out = tmp_path / "results.sqlite", tmp_path / "out"
+    assert main(["report", "-m", "tiny-llama", "--store", str(store), "--out", str(out), "-q"]) == 0
+    machine = json.loads((out / "results.json").read_text())
+    shown = {iv["interventions"][0]["name"]: iv for iv in machine["interventions"]}
+    assert set(shown) | set(machine["interventions_not_shown"]) == set(interventions())
+    assert not set(shown) & set(machine["interventions_not_shown"])
+    for name, run in shown.items():
+        assert run["probe"] == interventions()[name].showcase[0]
+    assert {"pine", "position-shift", "ablate-heads", "rope-position-free"} <= set(shown)
+    assert "refusal" in machine["interventions_not_shown"]["ablate-direction"]
+    plain, shifted = machine["probes"]["sinks"]["summary"], shown["position-shift"]["summary"]
+    assert shifted["sink_rate_natural_pct"] == pytest.approx(plain["sink_rate_natural_pct"], abs=1e-6)
+    assert shifted["mean_first_mass_natural_layers2+"] == pytest.approx(plain["mean_first_mass_natural_layers2+"], abs=1e-4)
+    page = (out / "index.html").read_text().split('id="interventions"')[1]
+    assert "position-shift(offset=1000)" in page and "Not shown here" in page
+    # a second report reuses every stored run and loads no model
+    n = len(Store(store).runs())
+    assert main(["report", "-m", "tiny-llama", "--store", str(store), "--out", str(tmp_path / "again"), "-q"]) == 0
+    assert len(Store(store).runs()) == n
+
+
 def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models, monkeypatch):
     out, store, argv = two_models
     n = len(Store(store).runs())
@@ -76,9 +102,11 @@ def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models, monke
 
     with monkeypatch.context() as patch:
         patch.setattr("posbench.model.load_model", no_load)
-        assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "fast"), "-q"]) == 0
+        assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "fast"), "-q",
+                     "--no-showcase"]) == 0
     assert "sink rate, natural input" in (out / "fast" / "index.html").read_text()
-    assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "again"), "-q", "--rerun"]) == 0
+    assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "again"), "-q", "--rerun",
+                 "--no-showcase"]) == 0
     assert len(Store(store).runs()) == n + 3, "--rerun runs the suite again (3 probes apply to gpt2)"
 
 

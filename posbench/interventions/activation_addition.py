@@ -36,6 +36,8 @@ class ActivationAdditionConfig(DirectionSourceConfig):
 
 class ActivationAddition(ActivationEdit):
     name = "add-direction"
+    showcase_note = ("seen through the refusal probe's own loop, which fits the direction first: "
+                     "posbench run refusal -m M -o conditions=baseline,ablate-direction,add-direction")
     summary = "add coeff x a direction (e.g. the refusal direction) to the residual stream entering one layer"
     spec_help = "run=RUN_ID[;store=PATH][;layer=L][;coeff=C] | file=DIRECTION.json[;coeff=C]  e.g. add-direction:run=1a2b3c;coeff=-1"
 

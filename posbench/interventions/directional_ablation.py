@@ -94,6 +94,8 @@ def project_out(x: torch.Tensor, r_hat: torch.Tensor) -> torch.Tensor:
 
 class DirectionalAblation(ActivationEdit):
     name = "ablate-direction"
+    showcase_note = ("seen through the refusal probe's own loop, which fits the direction first: "
+                     "posbench run refusal -m M -o conditions=baseline,ablate-direction,add-direction")
     summary = "remove a direction (e.g. the refusal direction) from the residual stream at every layer"
     spec_help = "run=RUN_ID[;store=PATH][;layer=L] | file=DIRECTION.json  e.g. ablate-direction:run=1a2b3c"
 

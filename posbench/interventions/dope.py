@@ -62,6 +62,7 @@ class DopeConfig:
 
 class Dope(ActivationEdit):
     name = "dope"
+    showcase = ("sinks", "heads=4")  # DoPE says masking low-entropy bands denoises sinks
     summary = "DoPE: mask rotary bands in the heads with the lowest (or highest) rotated-q/k matrix entropy"
     spec_help = ("heads=N[;variant=by-parts|by-all|by-gaussian][;metric=entropy|spectral_share|trunc_rank_R]"
                  "[;order=asc|desc][;indicator=q|k][;parts=low|high][;target=qk|q|k][;train_length=T]"

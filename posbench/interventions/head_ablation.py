@@ -118,6 +118,7 @@ class _MeanZ:
 
 class HeadAblation(ActivationEdit):
     name = "ablate-heads"
+    showcase = ("sinks", "0.*")  # does the sink still form without layer 0's heads?
     summary = "replace the output z of attention heads (before W_O) by zero, its mean, or a resample"
     spec_help = ("LAYER.HEAD|LAYER.*[,...][;mode=zero|mean|resample][;kv=true][;seed=N][;ref=FILE]  "
                  "e.g. ablate-heads:3.1,4.*;mode=mean. mean: position-matched mean of z over the reference "

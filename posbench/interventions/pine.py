@@ -48,6 +48,7 @@ class PineConfig:
 
 class Pine(AttentionEdit):
     name = "pine"
+    showcase = ("position-bias", "")
     summary = "PINE (Wang et al. 2025): bidirectional attention between segments, positions re-assigned by importance"
     spec_help = "no arguments; needs segmented prompts (e.g. the position-bias probe)"
     Config = PineConfig

@@ -65,6 +65,7 @@ class PositionShiftConfig:
 
 class PositionShift(_PositionIdEdit):
     name = "position-shift"
+    showcase = ("sinks", "1000")  # does the sink stay on the first token when positions start at 1000?
     summary = "add OFFSET to every position id (RoPE sees only differences; a learned table reads other rows)"
     spec_help = "OFFSET  e.g. position-shift:1000"
     Config = PositionShiftConfig
@@ -80,6 +81,15 @@ class PositionShift(_PositionIdEdit):
 
     def params(self) -> dict[str, Any]:
         return {"offset": self.offset}
+
+    def validate(self, model) -> None:
+        """An offset at or past the end of a learned position table fits no input at all."""
+        rows = model.card.context_length
+        if model.card.position_encoding == "learned_absolute" and rows is not None and self.offset >= rows:
+            raise PositionIdError(
+                f"position-shift: offset {self.offset} leaves no row of {model.model_id}'s learned position table "
+                f"(rows 0-{rows - 1}) for any token; use an offset below {rows}"
+            )
 
     def new_position_ids(self, batch, model) -> torch.Tensor:
         return batch.position_ids + self.offset
@@ -99,6 +109,7 @@ class SharedPositions(_PositionIdEdit):
     same id, then the suffix after the longest segment)."""
 
     name = "shared-positions"
+    showcase = ("position-bias", "")
     summary = "chosen segments start at the same position id (parallel segments, Position Coupling style)"
     spec_help = "[segments=0,2]  e.g. shared-positions (all segments) or shared-positions:segments=1,2"
     Config = SharedPositionsConfig
@@ -154,6 +165,8 @@ class PositionIdsConfig:
 
 class PositionIds(_PositionIdEdit):
     name = "position-ids"
+    showcase_note = ("needs one id per token of a given prompt: run it on your own text, "
+                     "e.g. posbench run sinks --data my.txt -i position-ids:...")
     summary = "give real token r of every row the r-th of the given position ids"
     spec_help = "IDS  e.g. position-ids:0-9,100-119 (integers and ranges, in order)"
     Config = PositionIdsConfig

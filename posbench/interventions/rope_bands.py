@@ -113,6 +113,7 @@ class _RopeBand(ActivationEdit):
 
 class RopePositionFree(_RopeBand):
     name = "rope-position-free"
+    showcase = ("positional-heads", "0.25,highest")  # offset heads need the fast pairs (Barbero et al.)
     summary = "stop chosen rotary pairs from rotating (p-RoPE): they keep content, lose position"
     spec_help = "FRACTION[,highest] | pairs=0-3,7[;layers=0-5]  e.g. rope-position-free:0.25"
 
@@ -142,6 +143,7 @@ class RopePositionFree(_RopeBand):
 
 class RopeBandZero(_RopeBand):
     name = "rope-zero-band"
+    showcase = ("positional-heads", "0.25")  # the slow pairs carry content (Barbero et al.)
     summary = "zero chosen rotary pairs in rotated q and/or k (removes their share of the score)"
     spec_help = "pairs=0-3 | FRACTION[,highest] [;layers=..][;heads=..][;target=qk|q|k]"
     Config = RopeBandZeroConfig

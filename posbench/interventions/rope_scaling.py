@@ -107,6 +107,7 @@ class PositionInterpolationConfig:
 
 class PositionInterpolation(_RotaryFrequencies):
     name = "position-interpolation"
+    showcase = ("positional-heads", "4")  # offset heads at a quarter of the spacing
     summary = "divide every position by FACTOR inside RoPE (Chen et al. 2023); fractional positions"
     spec_help = "FACTOR[;layers=0,3]  e.g. position-interpolation:4"
     Config = PositionInterpolationConfig
@@ -138,6 +139,7 @@ class RopeBaseConfig:
 
 class RopeBase(_RotaryFrequencies):
     name = "rope-base"
+    showcase = ("sinks", "scale=4")
     summary = "a new RoPE base (BASE), or NTK-aware scaling of each layer's own base (scale=S)"
     spec_help = "BASE | scale=S [;layers=0,3]  e.g. rope-base:500000 or rope-base:scale=4"
     Config = RopeBaseConfig
@@ -178,6 +180,7 @@ class YarnConfig:
 
 class Yarn(_RotaryFrequencies):
     name = "yarn"
+    showcase = ("sinks", "4")
     summary = "YaRN (Peng et al. 2023): per-band interpolation by FACTOR plus the attention temperature"
     spec_help = "FACTOR[;original=L;beta_fast=32;beta_slow=1;layers=..]  e.g. yarn:4"
     Config = YarnConfig
