@@ -33,6 +33,7 @@ from posbench.errors import BadOptionError, EmptyDataError
 from posbench.interventions.activation_addition import ActivationAddition
 from posbench.interventions.directional_ablation import DirectionalAblation
 from posbench.interventions.head_ablation import HeadAblation
+from posbench.limits import Workload, check_fits
 from posbench.metrics.curves import interval, resample_weights, weighted_means
 from posbench.options import option
 from posbench.progress import Progress
@@ -72,6 +73,16 @@ class RefusalConfig:
     n_boot: int = option(1000, min=0, max=100_000, help="bootstrap resamples for the cliff interval")
     ci: float = option(0.95, min=0.5, max=0.999)
     seed: int = option(0, min=0)
+
+    def workload(self, fit: int | None = None, test: int | None = None, prompt_tokens: int = 0) -> Workload:
+        """Every sequence the probe runs and keeps: the harmful and harmless train and val prompts
+        (``fit``), and under each condition the harmful and harmless test prompts (``test``) with
+        their answers (generated, then traced), at most ``prompt_tokens + max_new_tokens`` long.
+        Before the prompts are built (no model yet) the counts asked for and the answers' length;
+        ``measure`` checks again with the prompts as rendered (chat template included)."""
+        fit = 2 * (self.n_train + self.n_val) if fit is None else fit
+        test = 2 * self.n_generate if test is None else test
+        return Workload(fit + test * len(self.conditions), prompt_tokens + self.max_new_tokens, self.batch_size)
 
 
 def wilson(k: int, n: int, ci: float) -> tuple[float, float]:
@@ -236,9 +247,12 @@ class RefusalProbe(Probe):
             raise EmptyDataError("the refusal probe takes a RefusalDataset (RefusalDataset.from_jsonl(path) for a file)")
         texts = {split: self._split(ds, split, n) for split, n in (("train", c.n_train), ("val", c.n_val), ("test", c.n_generate))}
         prompts = {split: {label: build_prompts(model, texts[split][label]) for label in LABELS} for split in texts}
+        fit = [p for split in ("train", "val") for label in LABELS for p in prompts[split][label]]
+        test = prompts["test"]["harmful"] + prompts["test"]["harmless"]
+        check_fits(self, model, c.workload(len(fit), len(test), max(len(p.ids) for p in fit + test)),
+                   fix="lower n_train, n_val, n_generate, max_new_tokens or batch_size (-o KEY=VALUE)")
 
         # 1. the direction and the probes
-        fit = [p for split in ("train", "val") for label in LABELS for p in prompts[split][label]]
         k = min(p.n_post for p in fit)
         positions, tokens = list(range(-k, 0)), template_tokens(model, fit)
         with Progress(len(fit), f"refusal: reading {model.model_id} at the template", enabled=progress) as bar:
@@ -271,7 +285,6 @@ class RefusalProbe(Probe):
         })
 
         # 2-4. answers and traces under each condition; heads from the baseline
-        test = prompts["test"]["harmful"] + prompts["test"]["harmless"]
         labels = ["harmful"] * len(prompts["test"]["harmful"]) + ["harmless"] * len(prompts["test"]["harmless"])
         items, tokens_rows, heads, check, top = [], [], None, {}, []
         for condition in [x for x in CONDITIONS if x in c.conditions]:
