@@ -373,6 +373,76 @@ def test_finding_states_the_tables_numbers(tiny_run):
     assert "Arditi et al. 2024" in finding.references
 
 
+def test_compare_puts_models_on_the_same_depth_axis(tiny_run, tiny_gpt2):
+    """The report index's comparison (issue 14): the probe's val AUROC and accuracy per layer by
+    relative depth, one line per model, and the baseline refusal rates harmful vs harmless;
+    every point is the model's own stored row."""
+    other = RefusalProbe(**TINY, conditions=("baseline",)).run(tiny_gpt2)
+    results = {"tiny-llama": tiny_run, "tiny-gpt2": other}
+    figs = RefusalView.compare(results)
+    assert set(figs) == {"separability_by_depth", "refusal_rates_by_model"}
+    lines = figs["separability_by_depth"].data
+    assert {t.name for t in lines} == set(results)
+    for name, result in results.items():
+        probe = result.tables["candidates"]
+        probe = probe[probe.position == -1].sort_values("layer")
+        depth = list(probe.layer / probe.layer.max())
+        mine = [t for t in lines if t.name == name]
+        assert len(mine) == 2 and all(list(t.x) == depth for t in mine)
+        assert sorted([list(t.y) for t in mine]) == sorted([list(probe.probe_val_auroc), list(probe.probe_val_accuracy)])
+    bars = figs["refusal_rates_by_model"].data  # one trace per label and facet (probe first, phrases second)
+    shown = {(t.name, t.xaxis, model, y) for t in bars for model, y in zip(t.x, t.y)}
+    expected = set()
+    for name, result in results.items():
+        for _, row in result.tables["behaviour"].query("condition == 'baseline'").iterrows():
+            expected |= {(row.label, "x", name, row.probe_refusal_rate), (row.label, "x2", name, row.refusal_rate)}
+    assert shown == expected
+    assert set(posbench.compare(tiny_run, other).figures) == set(figs)  # the API and the index draw the same
+
+
+def test_memory_estimate_counts_every_sequence_that_runs(tiny_llama, monkeypatch):
+    """The workload the probe checks against memory is what it runs: every forward pass is
+    recorded (rows as token ids, under which interventions); the sequences kept are the rows that
+    are no strict prefix of another (generation steps and the causal re-runs up to the decision
+    token are prefixes of the traced answers), counted once per condition; the longest row and the
+    largest batch stay within the estimate, whose length is the longest rendered prompt plus
+    ``max_new_tokens``."""
+    import sys
+
+    from posbench import limits
+
+    probe_module = sys.modules[RefusalProbe.__module__]
+    checked, rows, batches = [], [], []
+    real_run, real_check = tiny_llama.run, probe_module.check_fits
+
+    def recording_run(batch, *args, **kwargs):
+        key = tuple(iv["name"] for iv in tiny_llama.active_interventions)
+        rows.extend((key, tuple(batch.input_ids[b, batch.real_columns(b)].tolist())) for b in range(batch.size))
+        batches.append(batch.size)
+        return real_run(batch, *args, **kwargs)
+
+    def recording_check(probe, model, work=None, fix=None):
+        checked.append(work)
+        return real_check(probe, model, work, fix)
+
+    monkeypatch.setattr(tiny_llama, "run", recording_run)
+    monkeypatch.setattr(probe_module, "check_fits", recording_check)
+    conditions = ("baseline", "ablate-direction", "add-direction")
+    probe = RefusalProbe(**TINY, conditions=conditions, batch_size=4)
+    result = probe.run(tiny_llama)
+    (work,) = checked
+    ids = {r for _, r in rows}
+    kept = {(key, r) for key, r in rows if not any(len(o) > len(r) and o[: len(r)] == r for o in ids)}
+    assert work.sequences == len(kept) == 2 * (6 + 3) + 2 * 2 * len(conditions)
+    assert max(len(r) for r in ids) <= work.tokens and max(batches) <= work.batch == 4
+    texts = result.metadata["data"]["texts"]  # {split: {label: instructions}}
+    longest_prompt = max(len(build_prompt(tiny_llama, t).ids) for split in texts.values() for ts in split.values() for t in ts)
+    assert work.tokens == longest_prompt + probe.config.max_new_tokens
+    # before the model loads, the declared estimate counts the same sequences (the answers' length only)
+    declared = limits.workload(probe.config)
+    assert (declared.sequences, declared.tokens, declared.batch) == (work.sequences, probe.config.max_new_tokens, 4)
+
+
 def test_ablation_selection_scores_the_shortlist(tiny_llama):
     """Arditi-style selection: the best ``shortlist`` candidates by val separation get ablation,
     steering and KL scores, recomputed here by hand for each, and the rule picks among them."""
