@@ -43,7 +43,7 @@ from .activations import last_token_logits, template_activations
 from .direction import RefusalDirection, candidate_table, rank_by_separation
 from .heads import attribution_table, causal_effects, suppressors
 from .prompts import InstructionPrompt, build_prompts, prompt_format, template_tokens
-from .trace import TracedSequence, cliff_metrics, trace_sequences
+from .trace import TOKEN_COLUMNS, TracedSequence, sequence_cliffs, token_rows, trace_sequences
 
 CONDITIONS = ("baseline", "ablate-heads", "ablate-direction", "add-direction")
 LABELS = ("harmful", "harmless")
@@ -187,14 +187,9 @@ class RefusalProbe(Probe):
                    "decision_probability": float(o.probability[s.decision]) if decided else math.nan,
                    "refusal_score": o.refusal_score if decided else math.nan}
             row["probe_refused"] = bool(row["decision_probability"] > 0.5)
-            for score, values in (("projection", o.projection), ("probability", o.probability)):
-                for key, value in cliff_metrics(values, s.span(), s.decision, c.tail_fraction).items():
-                    row[f"{key}_{score}"] = value
+            row.update(sequence_cliffs(s, o, c.tail_fraction))
             items.append(row)
-            decision = s.decision if decided else len(s.ids) - 1
-            for t, (tok, seg) in enumerate(zip(s.ids, s.segments)):
-                tokens.append((condition, i, label, t, t - decision, seg, model.tokenizer.decode([tok]),
-                               float(o.projection[t]), float(o.probability[t])))
+            tokens += [(condition, i, label, *r) for r in token_rows(model.tokenizer, s, o)]
         return seqs, outputs, items, tokens
 
     def _heads(self, model, seqs, outputs, labels, direction, progress) -> tuple[pd.DataFrame, dict, list]:
@@ -305,8 +300,7 @@ class RefusalProbe(Probe):
 
         generations = pd.DataFrame(items)
         behaviour = self._behaviour(generations)
-        trace = pd.DataFrame(tokens_rows, columns=["condition", "item", "label", "index", "rel", "segment", "token",
-                                                   "projection", "probability"])
+        trace = pd.DataFrame(tokens_rows, columns=["condition", "item", "label", *TOKEN_COLUMNS])
         tables = {"candidates": candidates, "direction": direction_table, "generations": generations,
                   "trace": trace, "heads": heads, "behaviour": behaviour}
         summary = self._summary(model, chosen, how, tokens, ids, candidates, val_harmful, val_harmless,
