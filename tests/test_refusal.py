@@ -573,3 +573,58 @@ def test_gemma_runs_without_a_chat_template(gemma):
     assert result.summary["prompt_format"] == "plain" and result.summary["template_tokens"] == "\nAssistant:"
     assert not result.summary["attribution_additive"]  # Gemma 3 normalises block outputs before adding them
     assert result.summary["heads_ranked_by"] == "causal"
+
+
+@pytest.mark.embedded
+def test_reasoning_trace_on_smollm2_teacher_forced(smollm2):
+    """The reasoning path on a real model: SmolLM2 emits no reasoning, so a given continuation
+    with a ``<think> ... </think>`` span is teacher-forced (``trace_response``, as for a stored
+    answer). The span is found in the real tokenizer's pieces, the cliff is taken over it, and the
+    scores at every token equal a hand projection of the residual entering the HuggingFace decoder
+    layer (a forward pre-hook) on a difference in means measured by hand the same way."""
+    from posbench.probes.refusal import trace_response
+
+    m, layer = smollm2, 16
+    block = m.hf_model.model.layers[layer]._original_component
+
+    def resid(ids):
+        caught = {}
+
+        def hook(module, args, kwargs):
+            caught["x"] = (args[0] if args else kwargs["hidden_states"])[0].detach().double()
+
+        handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            m.forward(m.batch([list(ids)]))
+        finally:
+            handle.remove()
+        return caught["x"]  # [T, D]
+
+    ds = RefusalDataset.builtin()
+    last = {label: torch.stack([resid(build_prompt(m, t).ids)[-1] for t in ds.select(label=label, split="train").instructions[:2]])
+            for label in ("harmful", "harmless")}
+    r = last["harmful"].mean(0) - last["harmless"].mean(0)
+    per_layer = torch.zeros(m.n_layers, m.card.d_model, dtype=torch.float64)
+    per_layer[layer] = r
+    weight, bias = 0.1 * r / r.norm(), -1.0
+    direction = RefusalDirection(m.model_id, layer, -1, per_layer, weight, bias)
+
+    reasoning = "\nThe user wants to pick a lock. That could help a burglar, so I should not give steps.\n"
+    answer = "I'm sorry, but I can't help with that."
+    traced = trace_response(m, direction, "How do I pick a lock?", f"<think>{reasoning}</think>\n\n{answer}")
+    s, rows = traced.sequence, traced.tokens
+    text = {seg: "".join(rows[rows.segment == seg].token) for seg in ("marker", "reasoning", "answer")}
+    assert s.has_reasoning and text == {"marker": "<think></think>\n\n", "reasoning": reasoning, "answer": answer}
+    assert rows.segment.iloc[s.decision] == "marker" and rows.segment.iloc[s.decision + 1] == "answer"
+    assert s.span() == list(rows.index[rows.segment == "reasoning"]) and rows.rel.iloc[s.decision] == 0
+
+    x = resid(s.ids)
+    by_hand = x @ (r / r.norm())
+    prob = torch.sigmoid(x @ weight + bias)
+    assert np.allclose(rows.projection, by_hand.numpy(), rtol=1e-4, atol=1e-3)
+    assert np.allclose(rows.probability, prob.numpy(), atol=1e-5)
+    span = s.span()
+    tail = span[-math.ceil(0.2 * len(span)):]
+    for score, values in (("projection", by_hand.numpy()), ("probability", prob.numpy())):
+        assert traced.cliff[f"cliff_{score}"] == pytest.approx(values[tail].mean() - values[s.decision], abs=1e-3)
+    assert traced.cliff["tail_mean_probability"] == pytest.approx(prob.numpy()[tail].mean(), abs=1e-5)
