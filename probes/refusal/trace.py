@@ -296,9 +296,9 @@ def trace_response(
     model: "HookedModel", direction: "RefusalDirection", instruction: str, response: "str | Sequence[int]",
     *, tail_fraction: float = 0.2,
 ) -> ResponseTrace:
-    """Trace a response the model did not necessarily write (teacher forcing): a stored answer, a
-    reasoning model's transcript, a hand-written ``<think> ... </think>`` continuation. The
-    instruction is rendered as the probe renders it (chat template or ``PLAIN_TEMPLATE``); a text
+    """Trace a response the model did not necessarily write (teacher forcing: a stored answer, a
+    reasoning model's transcript, a hand-written ``<think> ... </think>`` continuation), under the
+    active interventions. The instruction is rendered as the probe renders it (chat template or ``PLAIN_TEMPLATE``); a text
     response is tokenized without special tokens (tags are found in the decoded tokens either way)."""
     direction.check_model(model)
     prompt = build_prompt(model, instruction)
