@@ -298,8 +298,9 @@ def trace_response(
 ) -> ResponseTrace:
     """Trace a response the model did not necessarily write (teacher forcing: a stored answer, a
     reasoning model's transcript, a hand-written ``<think> ... </think>`` continuation), under the
-    active interventions. The instruction is rendered as the probe renders it (chat template or ``PLAIN_TEMPLATE``); a text
-    response is tokenized without special tokens (tags are found in the decoded tokens either way)."""
+    active interventions. The instruction is rendered as the probe renders it (chat template or
+    ``PLAIN_TEMPLATE``); a text response is tokenized without special tokens (tags are found in
+    the decoded tokens either way)."""
     direction.check_model(model)
     prompt = build_prompt(model, instruction)
     ids = (model.tokenizer(response, add_special_tokens=False)["input_ids"] if isinstance(response, str)
