@@ -83,9 +83,14 @@ class Workload:
 
 def workload(config: Any) -> Workload | None:
     """The workload a config declares through its options' ``counts`` (None if it declares no
-    token length). Sequences add up over every sequence count; the longest length counts."""
+    token length). Sequences add up over every sequence count; the longest length counts. A
+    config whose counts combine otherwise (per label, per condition) says so in its own
+    ``workload()`` method, which is used instead."""
     from .options import specs
 
+    own = getattr(config, "workload", None)
+    if callable(own):
+        return own()
     sequences, tokens, batch = 0, 0, 1
     for spec in specs(type(config)).values():
         value = getattr(config, spec.name)
@@ -167,10 +172,12 @@ def check_request(probe: "Probe") -> Workload | None:
     return work
 
 
-def check_fits(probe: "Probe", model: "HookedModel") -> Workload | None:
+def check_fits(probe: "Probe", model: "HookedModel", work: Workload | None = None,
+               fix: str | None = None) -> Workload | None:
     """Refuse, before inputs are built, a run longer than the model's context or whose largest
-    forward pass cannot fit in the device's free memory."""
-    work = check_request(probe)
+    forward pass cannot fit in the device's free memory: the declared workload, or ``work``
+    (probes whose sizes are known only once their inputs are built pass the real one)."""
+    work = check_request(probe) if work is None else work
     if work is None:
         return None
     card = model.card
@@ -178,9 +185,9 @@ def check_fits(probe: "Probe", model: "HookedModel") -> Workload | None:
     if context is not None and work.tokens > context:
         raise ContextTooLongError(
             f"probe '{probe.name}' asks for {work.tokens}-token sequences but {model.model_id}'s "
-            f"context is {context}: lower --seq-len to at most {context}"
+            f"context is {context}: {fix or f'lower --seq-len to at most {context}'}"
         )
-    return check_memory(probe, model, work)
+    return check_memory(probe, model, work, fix)
 
 
 def check_memory(probe: "Probe", model: "HookedModel", work: Workload, fix: str | None = None) -> Workload:

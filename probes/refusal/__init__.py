@@ -6,11 +6,11 @@ from .direction import LinearProbe, RefusalDirection, candidate_table, differenc
 from .heads import attribution_table, causal_effects, suppressors
 from .probe import CONDITIONS, RefusalConfig, RefusalProbe
 from .prompts import PLAIN_TEMPLATE, InstructionPrompt, build_prompt, build_prompts, prompt_format
-from .trace import TracedSequence, cliff_metrics, segment_response, trace_sequences
+from .trace import ResponseTrace, TracedSequence, cliff_metrics, segment_response, trace_response, trace_sequences
 
 __all__ = [
     "CONDITIONS", "PLAIN_TEMPLATE", "InstructionPrompt", "LinearProbe", "RefusalConfig", "RefusalDirection",
-    "RefusalProbe", "TracedSequence", "attribution_table", "build_prompt", "build_prompts", "candidate_table",
+    "RefusalProbe", "ResponseTrace", "TracedSequence", "attribution_table", "build_prompt", "build_prompts", "candidate_table",
     "causal_effects", "cliff_metrics", "difference_in_means", "prompt_format", "segment_response", "suppressors",
-    "trace_sequences",
+    "trace_response", "trace_sequences",
 ]

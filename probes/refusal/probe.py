@@ -33,6 +33,7 @@ from posbench.errors import BadOptionError, EmptyDataError
 from posbench.interventions.activation_addition import ActivationAddition
 from posbench.interventions.directional_ablation import DirectionalAblation
 from posbench.interventions.head_ablation import HeadAblation
+from posbench.limits import Workload, check_fits
 from posbench.metrics.curves import interval, resample_weights, weighted_means
 from posbench.options import option
 from posbench.progress import Progress
@@ -42,7 +43,7 @@ from .activations import last_token_logits, template_activations
 from .direction import RefusalDirection, candidate_table, rank_by_separation
 from .heads import attribution_table, causal_effects, suppressors
 from .prompts import InstructionPrompt, build_prompts, prompt_format, template_tokens
-from .trace import TracedSequence, cliff_metrics, trace_sequences
+from .trace import TOKEN_COLUMNS, TracedSequence, sequence_cliffs, token_rows, trace_sequences
 
 CONDITIONS = ("baseline", "ablate-heads", "ablate-direction", "add-direction")
 LABELS = ("harmful", "harmless")
@@ -72,6 +73,16 @@ class RefusalConfig:
     n_boot: int = option(1000, min=0, max=100_000, help="bootstrap resamples for the cliff interval")
     ci: float = option(0.95, min=0.5, max=0.999)
     seed: int = option(0, min=0)
+
+    def workload(self, fit: int | None = None, test: int | None = None, prompt_tokens: int = 0) -> Workload:
+        """Every sequence the probe runs and keeps: the harmful and harmless train and val prompts
+        (``fit``), and under each condition the harmful and harmless test prompts (``test``) with
+        their answers (generated, then traced), at most ``prompt_tokens + max_new_tokens`` long.
+        Before the prompts are built (no model yet) the counts asked for and the answers' length;
+        ``measure`` checks again with the prompts as rendered (chat template included)."""
+        fit = 2 * (self.n_train + self.n_val) if fit is None else fit
+        test = 2 * self.n_generate if test is None else test
+        return Workload(fit + test * len(self.conditions), prompt_tokens + self.max_new_tokens, self.batch_size)
 
 
 def wilson(k: int, n: int, ci: float) -> tuple[float, float]:
@@ -176,14 +187,9 @@ class RefusalProbe(Probe):
                    "decision_probability": float(o.probability[s.decision]) if decided else math.nan,
                    "refusal_score": o.refusal_score if decided else math.nan}
             row["probe_refused"] = bool(row["decision_probability"] > 0.5)
-            for score, values in (("projection", o.projection), ("probability", o.probability)):
-                for key, value in cliff_metrics(values, s.span(), s.decision, c.tail_fraction).items():
-                    row[f"{key}_{score}"] = value
+            row.update(sequence_cliffs(s, o, c.tail_fraction))
             items.append(row)
-            decision = s.decision if decided else len(s.ids) - 1
-            for t, (tok, seg) in enumerate(zip(s.ids, s.segments)):
-                tokens.append((condition, i, label, t, t - decision, seg, model.tokenizer.decode([tok]),
-                               float(o.projection[t]), float(o.probability[t])))
+            tokens += [(condition, i, label, *r) for r in token_rows(model.tokenizer, s, o)]
         return seqs, outputs, items, tokens
 
     def _heads(self, model, seqs, outputs, labels, direction, progress) -> tuple[pd.DataFrame, dict, list]:
@@ -236,9 +242,12 @@ class RefusalProbe(Probe):
             raise EmptyDataError("the refusal probe takes a RefusalDataset (RefusalDataset.from_jsonl(path) for a file)")
         texts = {split: self._split(ds, split, n) for split, n in (("train", c.n_train), ("val", c.n_val), ("test", c.n_generate))}
         prompts = {split: {label: build_prompts(model, texts[split][label]) for label in LABELS} for split in texts}
+        fit = [p for split in ("train", "val") for label in LABELS for p in prompts[split][label]]
+        test = prompts["test"]["harmful"] + prompts["test"]["harmless"]
+        check_fits(self, model, c.workload(len(fit), len(test), max(len(p.ids) for p in fit + test)),
+                   fix="lower n_train, n_val, n_generate, max_new_tokens or batch_size (-o KEY=VALUE)")
 
         # 1. the direction and the probes
-        fit = [p for split in ("train", "val") for label in LABELS for p in prompts[split][label]]
         k = min(p.n_post for p in fit)
         positions, tokens = list(range(-k, 0)), template_tokens(model, fit)
         with Progress(len(fit), f"refusal: reading {model.model_id} at the template", enabled=progress) as bar:
@@ -271,7 +280,6 @@ class RefusalProbe(Probe):
         })
 
         # 2-4. answers and traces under each condition; heads from the baseline
-        test = prompts["test"]["harmful"] + prompts["test"]["harmless"]
         labels = ["harmful"] * len(prompts["test"]["harmful"]) + ["harmless"] * len(prompts["test"]["harmless"])
         items, tokens_rows, heads, check, top = [], [], None, {}, []
         for condition in [x for x in CONDITIONS if x in c.conditions]:
@@ -292,8 +300,7 @@ class RefusalProbe(Probe):
 
         generations = pd.DataFrame(items)
         behaviour = self._behaviour(generations)
-        trace = pd.DataFrame(tokens_rows, columns=["condition", "item", "label", "index", "rel", "segment", "token",
-                                                   "projection", "probability"])
+        trace = pd.DataFrame(tokens_rows, columns=["condition", "item", "label", *TOKEN_COLUMNS])
         tables = {"candidates": candidates, "direction": direction_table, "generations": generations,
                   "trace": trace, "heads": heads, "behaviour": behaviour}
         summary = self._summary(model, chosen, how, tokens, ids, candidates, val_harmful, val_harmless,

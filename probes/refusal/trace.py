@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from posbench.batching import run_batches
+from posbench.data.refusal_phrases import refusal_score, refusal_token_ids
 from posbench.progress import NO_PROGRESS, Progress
 from posbench.sites import Capture
 
-from .prompts import InstructionPrompt
+from .prompts import InstructionPrompt, build_prompt, prompt_format
 
 if TYPE_CHECKING:  # pragma: no cover
     from posbench.model import HookedModel
@@ -141,6 +143,24 @@ def cliff_metrics(scores: np.ndarray, span: Sequence[int], decision: int | None,
     return out
 
 
+TOKEN_COLUMNS = ["index", "rel", "segment", "token", "projection", "probability"]
+
+
+def token_rows(tokenizer, s: TracedSequence, o: "TraceOutput") -> list[tuple]:
+    """One row per token of a traced sequence, ``TOKEN_COLUMNS``: ``rel`` counts from the decision
+    token (from the last token where the reasoning never closed)."""
+    decision = s.decision if s.decision is not None else len(s.ids) - 1
+    return [(t, t - decision, seg, tokenizer.decode([tok]), float(o.projection[t]), float(o.probability[t]))
+            for t, (tok, seg) in enumerate(zip(s.ids, s.segments))]
+
+
+def sequence_cliffs(s: TracedSequence, o: "TraceOutput", tail_fraction: float) -> dict[str, float]:
+    """``cliff_metrics`` of the projection and of the probability, keyed ``{metric}_{score}``."""
+    return {f"{key}_{score}": value
+            for score, values in (("projection", o.projection), ("probability", o.probability))
+            for key, value in cliff_metrics(values, s.span(), s.decision, tail_fraction).items()}
+
+
 # ---------------------------------------------------------------------------- the forward pass
 @dataclass
 class TraceOutput:
@@ -183,8 +203,6 @@ def trace_sequences(
     """One forward pass per batch under the active interventions: every token's projection on
     the direction and probe probability at the direction's layer, and the decision-token terms
     of the head attribution. Sequences whose reasoning never closed use their last token."""
-    from posbench.data.refusal_phrases import refusal_score
-
     layer = direction.layer
     r_hat = direction.unit.float()
     weight, bias = direction.probe_weight.float(), direction.probe_bias
@@ -260,3 +278,36 @@ def decision_projections(
                                  batch_size=batch_size, row_meta=meta):
         values.append(out.captured["p"][direction.layer])
     return torch.cat(values).double().numpy()
+
+
+@dataclass
+class ResponseTrace:
+    """A given response to an instruction, traced: the sequence (segments, decision token), the
+    forward pass's output, one row per token (``TOKEN_COLUMNS``) and the cliff metrics."""
+
+    sequence: TracedSequence
+    output: TraceOutput
+    tokens: pd.DataFrame
+    cliff: dict[str, float]
+
+
+@torch.no_grad()
+def trace_response(
+    model: "HookedModel", direction: "RefusalDirection", instruction: str, response: "str | Sequence[int]",
+    *, tail_fraction: float = 0.2,
+) -> ResponseTrace:
+    """Trace a response the model did not necessarily write (teacher forcing: a stored answer, a
+    reasoning model's transcript, a hand-written ``<think> ... </think>`` continuation), under the
+    active interventions. The instruction is rendered as the probe renders it (chat template or
+    ``PLAIN_TEMPLATE``); a text response is tokenized without special tokens (tags are found in
+    the decoded tokens either way)."""
+    direction.check_model(model)
+    prompt = build_prompt(model, instruction)
+    ids = (model.tokenizer(response, add_special_tokens=False)["input_ids"] if isinstance(response, str)
+           else [int(t) for t in response])
+    model.check_lengths([list(prompt.ids) + list(ids)], what="prompt + response")
+    seq = TracedSequence.build(model.tokenizer, prompt, ids)
+    refusal_ids = refusal_token_ids(model.tokenizer, space_variants=prompt_format(model) == "plain")
+    (out,) = trace_sequences(model, [seq], direction, refusal_ids, batch_size=1)
+    rows = pd.DataFrame(token_rows(model.tokenizer, seq, out), columns=TOKEN_COLUMNS)
+    return ResponseTrace(seq, out, rows, sequence_cliffs(seq, out, tail_fraction))

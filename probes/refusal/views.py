@@ -71,6 +71,40 @@ class RefusalView(ProbeView):
                 "heads pushing refusal down (direct, at the decision token)": top, "answers": answers.round(4)}
 
     @classmethod
+    def compare(cls, results):
+        """Refusal separability on the same axes: the probe's val AUROC and accuracy at the last
+        template token by relative depth (layer / last layer), one line per model; and the
+        baseline refusal rates, harmful vs harmless, of the probe at the decision token and of the
+        phrase matcher on the answers, one bar per model and label."""
+        import plotly.express as px
+
+        layers, rates = [], []
+        for model, r in results.items():
+            probe = r.tables["candidates"]
+            probe = probe[probe.position == -1].sort_values("layer")
+            depth = probe.layer / max(int(probe.layer.max()), 1)
+            for column, measure in (("probe_val_auroc", "val AUROC"), ("probe_val_accuracy", "val accuracy")):
+                layers.append(pd.DataFrame({"model": model, "measure": measure, "relative depth": depth,
+                                            "layer": probe.layer, "value": probe[column]}))
+            base = r.tables["behaviour"]
+            base = base[base.condition == "baseline"]
+            for column, judge in (("probe_refusal_rate", "probe at the decision token"),
+                                  ("refusal_rate", "refusal phrases in the answer")):
+                rates.append(pd.DataFrame({"model": model, "judge": judge, "label": base.label,
+                                           "refusal rate": base[column], "n": base.n}))
+        figs = {"separability_by_depth": px.line(
+            pd.concat(layers, ignore_index=True), x="relative depth", y="value", color="model", facet_col="measure",
+            markers=True, hover_data=["layer"], range_y=[0, 1.02],
+            title="Harmful vs harmless: the logistic probe at the last template token (val), "
+                  "by relative depth (0 = first layer, 1 = last)")}
+        rates = pd.concat(rates, ignore_index=True)
+        if len(rates):
+            figs["refusal_rates_by_model"] = px.bar(
+                rates, x="model", y="refusal rate", color="label", facet_col="judge", barmode="group",
+                hover_data=["n"], range_y=[0, 1.02], title="Baseline refusal rate, harmful vs harmless test instructions")
+        return figs
+
+    @classmethod
     def figures(cls, result: ProbeResult):
         import plotly.express as px
 
