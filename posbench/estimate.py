@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     from .model import HookedModel
     from .protocols import Probe, ProbeResult
-    from .store import Store
 
 CALIBRATION_ROWS, CALIBRATION_TOKENS = 4, 64
 SAME_RUN_RANGE = (0.7, 1.5)
