@@ -227,62 +227,29 @@ class _ReportModel:
             return probe_cls.not_applicable(self.load())
 
 
-def _stored_run_id(store, model: _ReportModel, probe, interventions, args) -> str | None:
-    if args.rerun:
-        return None
-    described = json.loads(json.dumps([iv.describe() for iv in interventions], default=str))
-    return store.latest(model.model_id, probe.name, probe.get_params(), described, data_source="default")
+@dataclasses.dataclass
+class _PlannedRun:
+    """One run a report needs: a probe under some interventions, stored already (``run_id``) or
+    not; ``tokens`` is what its time estimate planned (``Probe.planned_tokens``)."""
+
+    probe: Any
+    interventions: tuple
+    run_id: str | None
+    tokens: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.probe.name + (" under " + " + ".join(iv.name for iv in self.interventions) if self.interventions else "")
 
 
-def _stored_or_run(store, model: _ReportModel, probe, interventions, args, unsaved):
-    """The newest stored run of ``probe`` (default data, same config and interventions) unless
-    ``--rerun``; else a fresh run, stored."""
-    run_id = _stored_run_id(store, model, probe, interventions, args)
-    label = probe.name + (" under " + " + ".join(iv.name for iv in interventions) if interventions else "")
-    if run_id is not None:
-        _say(f"posbench: using stored run {run_id} of {label}")
-        return store.load(run_id)
-    _say(f"posbench: running {label} on {model.model_id} (not in the store yet)")
-    result = probe.run(model.load(), interventions=interventions, progress=not args.quiet)
-    try:
-        store.save(result)
-    except StoreBusyError as err:  # keep going: the result is safe and still goes in the report
-        _say(f"posbench: warning: {err}")
-        unsaved.append(err)
-    return result
-
-
-def _showcase_runs(store, model, ran, args, interventions, unsaved):
-    """Each registered intervention through the probe it declares (posbench.report.showcases),
-    ``ran``: the report's probes by name; an intervention that does not fit the model is listed
-    with the reason instead."""
-    from .errors import PosbenchError
-    from .report import showcases
-
-    if args.no_showcase:
-        return [], {}
-    runs, not_shown = showcases(ran, asked=[iv.name for iv in interventions])
-    done = []
-    for probe_name, iv in runs:
-        probe = ran[probe_name]
-        try:
-            if _stored_run_id(store, model, probe, (iv,), args) is None:
-                model.validate(iv)
-            done.append(_stored_or_run(store, model, probe, (iv,), args, unsaved))
-        except PosbenchError as err:
-            not_shown[iv.name] = f"does not fit this model: {err}"
-            _say(f"posbench: not showing {iv.name}: {err}")
-    return done, not_shown
-
-
-def _model_report(alias, out, store, args, interventions, unsaved):
+def _plan_report(store, model: _ReportModel, args, interventions) -> tuple[list[_PlannedRun], dict[str, str]]:
+    """Every run of the suite (plain and under each intervention) with the newest stored run of
+    it (default data, same config and interventions), none with ``--rerun``; and the probes
+    skipped as not applicable."""
     from .registry import probes
-    from .report import in_suite, write_report
+    from .report import in_suite
 
-    model = _ReportModel(alias)
-    for iv in interventions:
-        iv.validate(model.load())
-    results, intervened, skipped, ran = [], [], {}, {}
+    plan, skipped = [], {}
     for name, probe_cls in probes().items():
         if not in_suite(probe_cls, args.suite):
             continue
@@ -292,16 +259,107 @@ def _model_report(alias, out, store, args, interventions, unsaved):
             _say(f"posbench: skipping {name}: {reason}")
             continue
         probe = probe_cls()
-        results.append(_stored_or_run(store, model, probe, (), args, unsaved))
-        asked = [_stored_or_run(store, model, probe, (iv,), args, unsaved) for iv in interventions]
+        for ivs in [(), *((iv,) for iv in interventions)]:
+            plan.append(_PlannedRun(probe, ivs, _stored_run_id(store, model, probe, ivs, args)))
+    return plan, skipped
+
+
+def _stored_run_id(store, model: _ReportModel, probe, interventions, args) -> str | None:
+    if args.rerun:
+        return None
+    described = json.loads(json.dumps([iv.describe() for iv in interventions], default=str))
+    return store.latest(model.model_id, probe.name, probe.get_params(), described, data_source="default")
+
+
+def _plan_showcases(store, model: _ReportModel, plain: list[_PlannedRun], args, interventions
+                    ) -> tuple[list[_PlannedRun], dict[str, str]]:
+    """Each registered intervention through the probe it declares (``posbench.report.showcases``)
+    unless ``--no-showcase``; one that does not fit the model is listed with the reason instead."""
+    from .report import showcases
+
+    if args.no_showcase:
+        return [], {}
+    ran = {p.probe.name: p.probe for p in plain}
+    runs, not_shown = showcases(ran, asked=[iv.name for iv in interventions])
+    plan = []
+    for probe_name, iv in runs:
+        run_id = _stored_run_id(store, model, ran[probe_name], (iv,), args)
+        try:
+            if run_id is None:
+                model.validate(iv)
+        except PosbenchError as err:
+            not_shown[iv.name] = f"does not fit this model: {err}"
+            _say(f"posbench: not showing {iv.name}: {err}")
+            continue
+        plan.append(_PlannedRun(ran[probe_name], (iv,), run_id))
+    return plan, not_shown
+
+
+def _announce(store, model: _ReportModel, plan: list[_PlannedRun]) -> float | None:
+    """Say which runs are reused and which will run, with a time estimate (``posbench.estimate``);
+    returns this model's calibration (seconds per token) when something will run."""
+    from .estimate import calibrate, describe, estimate
+
+    todo = [p for p in plan if p.run_id is None]
+    speed, estimates = None, []
+    if todo:
+        loaded = model.load()
+        speed = calibrate(loaded)
+        for p in todo:
+            try:
+                with loaded.intervene(*p.interventions):
+                    p.tokens = p.probe.planned_tokens(loaded)
+            except PosbenchError:  # the run itself will say what is wrong
+                p.tokens = None
+            estimates.append(estimate(p.probe, p.label, model.model_id, store.timings(p.probe.name), speed, p.tokens))
+    for line in describe(model.model_id, [p.label for p in plan if p.run_id], estimates):
+        _say(f"posbench: {line}")
+    return speed
+
+
+def _stored_or_run(store, model: _ReportModel, planned: _PlannedRun, args, unsaved, speed: float | None):
+    """The planned run's stored result, or a fresh run, stored (with what its estimate used)."""
+    if planned.run_id is not None:
+        _say(f"posbench: using stored run {planned.run_id} of {planned.label}")
+        return store.load(planned.run_id)
+    _say(f"posbench: running {planned.label} on {model.model_id} (not in the store yet)")
+    result = planned.probe.run(model.load(), interventions=planned.interventions, progress=not args.quiet)
+    if speed is not None:
+        from .estimate import record
+
+        record(result, speed, planned.tokens)
+    try:
+        store.save(result)
+    except StoreBusyError as err:  # keep going: the result is safe and still goes in the report
+        _say(f"posbench: warning: {err}")
+        unsaved.append(err)
+    return result
+
+
+def _model_report(alias, out, store, args, interventions, unsaved):
+    from .report import write_report
+
+    model = _ReportModel(alias)
+    for iv in interventions:
+        iv.validate(model.load())
+    plan, skipped = _plan_report(store, model, args, interventions)
+    shows, not_shown = _plan_showcases(store, model, plan, args, interventions)
+    speed = None if args.quiet else _announce(store, model, plan + shows)
+    done = [(p, _stored_or_run(store, model, p, args, unsaved, speed)) for p in plan]
+    for p in shows:
+        try:
+            done.append((p, _stored_or_run(store, model, p, args, unsaved, speed)))
+        except PosbenchError as err:  # a showcase that fits the model but not the probe's inputs
+            not_shown[p.interventions[0].name] = f"does not fit this model: {err}"
+            _say(f"posbench: not showing {p.interventions[0].name}: {err}")
+    results = [r for p, r in done if not p.interventions]
+    intervened = []
+    for plain in [p for p in plan if not p.interventions]:
+        asked = [r for p, r in done if p.interventions and p.probe is plain.probe]
         asked_ids = {r.run_id for r in asked}
-        stored = [store.load(rid) for rid in store.intervened(model.model_id, name, probe.get_params())
+        stored = [store.load(rid) for rid in store.intervened(model.model_id, plain.probe.name, plain.probe.get_params())
                   if rid not in asked_ids]
         intervened += asked + stored
-        ran[name] = probe
-    shown, not_shown = _showcase_runs(store, model, ran, args, interventions, unsaved)
-    seen = {r.run_id for r in intervened}
-    intervened += [r for r in shown if r.run_id not in seen]
     page = write_report(model.card, results, out, log=_progress_printer, skipped=skipped, intervened=intervened,
                         not_shown=not_shown)
     return model.card, results, page
@@ -487,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "starting at 1000, position bias under PINE)")
     p_rep.add_argument("--store", action=_Once, help=STORE_HELP)
     p_rep.add_argument("--rerun", action="store_true", help="run the probes again even if stored")
-    p_rep.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p_rep.add_argument("--quiet", "-q", action="store_true", help="no progress bars, no time estimate")
     p_rep.set_defaults(func=cmd_report)
 
     p_imp = sub.add_parser(

@@ -255,6 +255,9 @@ class Probe(ABC):
     # Options that only shape the probe's own default data (how many built-in texts, which
     # input kinds): left out of the stored config of a run on the user's data, which they did not shape.
     default_data_options: ClassVar[tuple[str, ...]] = ()
+    # Seconds per planned token per second-per-token of a plain forward (``posbench.estimate``),
+    # measured on the embedded models by benchmarks/estimate_factors.py; None: not measured.
+    work_factor: ClassVar[float | None] = None
 
     def __init__(self, config: Any = None, **overrides: Any):
         from .options import validate
@@ -273,6 +276,15 @@ class Probe(ABC):
     def check_config(self) -> None:
         """Raise BadOptionError for impossible combinations of settings (single options are
         checked against their declared bounds before this)."""
+
+    def planned_tokens(self, model: "HookedModel") -> int | None:
+        """Tokens this run will feed through ``model`` (its time estimate scales with them): by
+        default the sequences x length its options declare (``posbench.limits.workload``); None
+        if they declare no length. Probes whose inputs decide it override this."""
+        from .limits import workload
+
+        work = workload(self.config)
+        return None if work is None else work.total_tokens
 
     @classmethod
     def not_applicable(cls, model: "HookedModel") -> str | None:

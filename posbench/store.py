@@ -392,6 +392,18 @@ class Store:
             frame[col] = [self._json(v, col, rid) for v, rid in zip(frame[col], frame["run_id"])]
         return frame
 
+    def timings(self, probe: str) -> list[tuple[str, dict, dict]]:
+        """(model id, config, metadata) of every stored run of ``probe``, newest first: what
+        time estimates learn from (``posbench.estimate``)."""
+        with self._read() as conn:
+            rows = list(conn.execute("SELECT run_id, model_id, config, metadata FROM runs WHERE probe = ? "
+                                     "ORDER BY created_at DESC, rowid DESC", (probe,)))
+        out = []
+        for run_id, model_id, config, metadata in rows:
+            metadata = self._json(metadata, "metadata", run_id)
+            out.append((model_id, self._json(config, "config", run_id), metadata if isinstance(metadata, dict) else {}))
+        return out
+
     def _json(self, text: Any, what: str, run_id: str) -> Any:
         try:
             return json.loads(text)

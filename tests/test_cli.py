@@ -32,7 +32,7 @@ def test_run_runs_report(tmp_path, store, capsys):
     assert runs.iloc[0].config["epsilon"] == 0.2
 
     out = tmp_path / "report"
-    assert main(["report", "--model", "tiny-llama", "--store", str(store), "--out", str(out), "-q"]) == 0
+    assert main(["report", "--model", "tiny-llama", "--store", str(store), "--out", str(out), "-q", "--no-showcase"]) == 0
     page = (out / "index.html").read_text()
     assert page.count("Plotly.newPlot") >= 4
     assert page.count("<script type=\"text/javascript\">/**") == 1, "plotly.js is embedded exactly once"
@@ -47,7 +47,7 @@ def test_run_runs_report(tmp_path, store, capsys):
     newest = Store(store).runs().iloc[0]
     assert newest.probe == "positional-heads" and newest.config["n_random"] == 4 and newest.config["n_natural"] == 3
     n_runs = len(Store(store).runs())
-    assert main(["report", "--model", "tiny-llama", "--store", str(store), "--out", str(out), "-q"]) == 0
+    assert main(["report", "--model", "tiny-llama", "--store", str(store), "--out", str(out), "-q", "--no-showcase"]) == 0
     assert len(Store(store).runs()) == n_runs, "a second report reuses the stored run"
 
 

@@ -2,6 +2,8 @@
 interventions side by side, suites, reuse of stored runs, machine-readable results, determinism,
 and the pages opened in a real headless Chromium with no network."""
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -20,13 +22,15 @@ def two_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
     store = root / "results.sqlite"
     argv = ["report", "--models", "tiny-llama,tiny-gpt2", "-i", "ablate-heads:1.0", "--store", str(store),
-            "--out", str(root / "out"), "-q", "--no-showcase"]
-    assert main(argv) == 0
-    return root / "out", store, argv
+            "--out", str(root / "out"), "--no-showcase"]
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):  # not quiet: the time estimate is printed (test_first_report_estimates_time)
+        assert main(argv) == 0
+    return root / "out", store, [*argv, "-q"], said.getvalue()
 
 
 def test_index_links_every_model_report_and_compares_them(two_models):
-    out, _, _ = two_models
+    out, _, _, _ = two_models
     index = (out / "index.html").read_text()
     links = re.findall(r'<a class="model-report" href="([^"]+)">([^<]+)</a>', index)
     assert [name for _, name in links] == ["tiny-llama", "tiny-gpt2"]
@@ -41,7 +45,7 @@ def test_index_links_every_model_report_and_compares_them(two_models):
 
 
 def test_model_report_states_findings_names_metrics_and_shows_interventions(two_models):
-    out, store, _ = two_models
+    out, store, _, _ = two_models
     page = (out / "tiny-llama" / "index.html").read_text()
     machine = json.loads((out / "tiny-llama" / "results.json").read_text())
     sinks = machine["probes"]["sinks"]
@@ -91,11 +95,12 @@ def test_report_shows_every_intervention_through_its_probe(tmp_path):
     assert len(Store(store).runs()) == n
 
 
-def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models, monkeypatch):
-    out, store, argv = two_models
+def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models, monkeypatch, capsys):
+    out, store, argv, _ = two_models
     n = len(Store(store).runs())
     assert main(argv) == 0
     assert len(Store(store).runs()) == n, "every run was reused"
+    assert "reusing" not in capsys.readouterr().err, "-q: no plan, no estimate"
 
     def no_load(*args, **kwargs):
         raise AssertionError("every run is stored: the model must not be loaded")
@@ -105,9 +110,32 @@ def test_second_report_reuses_stored_runs_and_rerun_runs_again(two_models, monke
         assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "fast"), "-q",
                      "--no-showcase"]) == 0
     assert "sink rate, natural input" in (out / "fast" / "index.html").read_text()
-    assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "again"), "-q", "--rerun",
+    capsys.readouterr()
+    assert main(["report", "-m", "tiny-gpt2", "--store", str(store), "--out", str(out / "again"), "--rerun",
                  "--no-showcase"]) == 0
     assert len(Store(store).runs()) == n + 3, "--rerun runs the suite again (3 probes apply to gpt2)"
+    err = capsys.readouterr().err
+    assert "tiny-gpt2: 3 run(s) not in the store will run" in err
+    assert re.search(r"^posbench:   sinks: about \d+ s \(\d+-\d+ s\); an earlier run of it on this model took", err, re.M)
+
+
+def test_first_report_estimates_time_then_reuses(two_models, capsys):
+    """Before running anything a report says which runs it reuses and which it runs, about how
+    long each takes (a positive number, a range), and records what the estimate used."""
+    out, store, argv, said = two_models
+    head = next(line for line in said.splitlines() if line.startswith("posbench: tiny-llama: ") and "will run" in line)
+    total = re.search(r"8 run\(s\) not in the store will run, about (\d+) (s|min) \((\d+)(-| s to )(\d+) (s|min)\)", head)
+    assert total and int(total.group(1)) > 0, head
+    for label in ("sinks", "positional-heads", "rope-usage", "position-bias", "sinks under ablate-heads"):
+        assert re.search(rf"^posbench:   {label}: about \d+ (s|min) \(", said, re.M), label
+    recorded = [Store(store).load(r).metadata["estimate"] for r in Store(store).runs().run_id]
+    assert all(e["seconds_per_token"] > 0 and e["planned_tokens"] > 0 for e in recorded), "kept for later estimates"
+    capsys.readouterr()
+    assert main([a for a in argv if a != "-q"]) == 0
+    err = capsys.readouterr().err
+    reused = next(line for line in err.splitlines() if "tiny-llama: reusing" in line)
+    assert "reusing 8 stored run(s): position-bias, position-bias under ablate-heads, " in reused and "sinks" in reused
+    assert "tiny-gpt2: nothing to run, every probe is in the store" in err and "will run" not in err
 
 
 def test_full_suite_adds_the_probes_left_out_of_standard(tmp_path):
@@ -174,7 +202,7 @@ def _offline_chromium():
 def test_reports_render_every_figure_offline_without_console_errors(two_models):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    out, _, _ = two_models
+    out, _, _, _ = two_models
     driver = _offline_chromium()
     try:
         for page in (out / "index.html", out / "tiny-llama" / "index.html", out / "tiny-gpt2" / "index.html"):

@@ -91,6 +91,7 @@ class PositionBiasConfig:
 
 class PositionBiasProbe(Probe):
     name = "position-bias"
+    work_factor = 2.4  # time estimate: cost per planned token (benchmarks/estimate_factors.py)
     summary = "lost in the middle (kv, mdqa), MCQ selection bias (PriDe), judge order bias, attention basin"
     Config = PositionBiasConfig
     tags = ("behavioural", "attention")
@@ -173,12 +174,26 @@ class PositionBiasProbe(Probe):
         return items, rows_used, notes
 
     # ------------------------------------------------------------------ scoring
+    def _plan(self, model, items: list[TaskItem]):
+        c = self.config
+        pack = {"auto": "auto", "on": True, "off": False}[c.pack]
+        return plan_scoring(model, [t.item.prompt for t in items], [list(t.item.choices) for t in items], pack=pack,
+                            max_packed=c.max_tokens)
+
+    def planned_tokens(self, model) -> int | None:
+        """Tokens of the scoring rows for the default data (laid out, nothing run; packing as it
+        will be under the active interventions). AttnRank's re-ordered rows are not counted."""
+        c = self.config
+        if c.scoring != "loglik":
+            return None
+        frame = chat_frame(model) if resolve_format(model, c.prompt_format) == "chat" else None
+        items, _, _ = self._items(model, self._datasets(None), frame)
+        return sum(row.length for row in self._plan(model, [t for v in items.values() for t in v]).rows)
+
     def _score(self, model, items: list[TaskItem], desc: str, progress: bool, attention: bool):
         """(scores rows, attention rows, per-head attention rows) for items scored by log-likelihood."""
         c = self.config
-        pack = {"auto": "auto", "on": True, "off": False}[c.pack]
-        plan = plan_scoring(model, [t.item.prompt for t in items], [list(t.item.choices) for t in items], pack=pack,
-                            max_packed=c.max_tokens)
+        plan = self._plan(model, items)
         self._check_memory(model, len(plan.rows), max(r.length for r in plan.rows))
         with Progress(len(plan.rows), f"{desc} on {model.model_id}", enabled=progress, unit="row") as bar:
             result = run_plan(model, plan, batch_size=c.batch_size, attention=attention, progress=bar)

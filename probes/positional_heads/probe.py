@@ -51,6 +51,7 @@ class PositionalHeadsConfig(HeadThresholds):
 
 class PositionalHeadsProbe(Probe):
     name = "positional-heads"
+    work_factor = 1.2  # time estimate: cost per planned token (benchmarks/estimate_factors.py)
     summary = "offset profiles, content invariance, position dependence, head traits and primary labels"
     Config = PositionalHeadsConfig
     default_data_options = ("n_natural",)

@@ -81,6 +81,7 @@ def _share(x: torch.Tensor) -> torch.Tensor:
 
 class RopeUsageProbe(Probe):
     name = "rope-usage"
+    work_factor = 4.7  # time estimate: cost per planned token (benchmarks/estimate_factors.py)
     summary = "rotary frequency usage per head (energy, exact score shares, q ~ k, DoPE entropy), p-RoPE bands, base feasibility"
     Config = RopeUsageConfig
     default_data_options = ("n_sequences",)

@@ -150,6 +150,7 @@ def residual_statistics(resid: torch.Tensor, ctx: Context, top_n: int) -> list[d
 
 class SinkProbe(Probe):
     name = "sinks"
+    work_factor = 8.8  # time estimate: cost per planned token (benchmarks/estimate_factors.py)
     summary = "attention sinks (Gu et al.) and massive activations (Sun et al.)"
     Config = SinkConfig
     default_data_options = ("inputs", "n_sequences")
