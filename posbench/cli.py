@@ -268,7 +268,18 @@ def _stored_run_id(store, model: _ReportModel, probe, interventions, args) -> st
     if args.rerun:
         return None
     described = json.loads(json.dumps([iv.describe() for iv in interventions], default=str))
-    return store.latest(model.model_id, probe.name, probe.get_params(), described, data_source="default")
+    run_id = store.latest(model.model_id, probe.name, probe.get_params(), described, data_source="default")
+    if run_id is None and described:
+        # an intervention that calibrates on the model (DoPE's chosen masks) records more params
+        # after it ran than it has before: a stored run matches when its params extend the spec's
+        for rid in store.intervened(model.model_id, probe.name, probe.get_params()):
+            stored = store.load(rid).interventions
+            if len(stored) == len(described) and all(
+                s["name"] == d["name"] and all(s["params"].get(k) == v for k, v in d["params"].items())
+                for s, d in zip(stored, described)
+            ):
+                return rid
+    return run_id
 
 
 def _plan_showcases(store, model: _ReportModel, plain: list[_PlannedRun], args, interventions

@@ -69,7 +69,7 @@ def test_model_report_states_findings_names_metrics_and_shows_interventions(two_
     assert len(Store(store).runs()) == 4 * 2 + 3 * 2, "plain + ablated runs of 4 probes (llama) and 3 (gpt2)"
 
 
-def test_report_shows_every_intervention_through_its_probe(tmp_path):
+def test_report_shows_every_intervention_through_its_probe(tmp_path, monkeypatch):
     """Without --intervention, each registered intervention is run through the probe it declares
     (or listed with why not); on a RoPE model, positions shifted by 1000 leave the sinks as they were."""
     from posbench.registry import interventions
@@ -91,7 +91,9 @@ def test_report_shows_every_intervention_through_its_probe(tmp_path):
     assert "position-shift(offset=1000)" in page and "Not shown here" in page
     # a second report reuses every stored run and loads no model
     n = len(Store(store).runs())
-    assert main(["report", "-m", "tiny-llama", "--store", str(store), "--out", str(tmp_path / "again"), "-q"]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr("posbench.model.load_model", lambda *a, **k: pytest.fail("every run is stored: no model load"))
+        assert main(["report", "-m", "tiny-llama", "--store", str(store), "--out", str(tmp_path / "again"), "-q"]) == 0
     assert len(Store(store).runs()) == n
 
 
