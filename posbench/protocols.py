@@ -70,6 +70,10 @@ class Intervention(ABC):
     # The options dataclass (``posbench.options.option`` fields): ``from_spec`` parses
     # ``key=value;key=value`` against it and constructors validate with ``options.build``.
     Config: ClassVar[type | None] = None
+    # Packed scoring rows (several continuations behind a key mask, each branch's position ids
+    # restarting at the prompt's end: ``posbench.scoring``) give under this intervention what one
+    # row per continuation gives; ``pack="auto"`` packs only when every active one says so.
+    keeps_packed_rows: ClassVar[bool] = False
 
     def edit_batch(self, batch: "Batch", model: "HookedModel") -> "Batch":
         """The batch this intervention runs instead (input edits)."""
