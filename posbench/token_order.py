@@ -25,7 +25,14 @@ from typing import Any
 
 import torch
 
-from .sites import AttentionCapture, AttentionOverride, AttentionStatistic, Capture, Context, Edit
+from .sites import (
+    AttentionCapture,
+    AttentionOverride,
+    AttentionStatistic,
+    Capture,
+    Context,
+    Edit,
+)
 
 # the axes of a site's canonical tensor that index tokens (see posbench.sites.SITES); every
 # other site is [B, T, ...] with one token axis, the rotary tables none
@@ -65,7 +72,7 @@ class TokenOrder:
             x = self._gather(x, self.columns, axis)
         return x
 
-    def then(self, later: "TokenOrder") -> "TokenOrder":
+    def then(self, later: TokenOrder) -> TokenOrder:
         """This order followed by ``later`` (which permuted this order's run batch)."""
         return TokenOrder(self.columns.gather(1, later.columns.to(self.columns.device)), self.segments)
 
