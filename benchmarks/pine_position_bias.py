@@ -17,7 +17,10 @@ its intervention (``--store`` saves them). One tidy row per model x task x inter
   pure permutations of the same segments, the largest spread of one choice's log-probability
   (PINE: ~1e-5 in fp32) — and ``min_top_gap``, the smallest gap between the best and the
   second-best choice (a near-tie can flip an argmax without any invariance failure);
-* ``wall_s`` and ``cpu_s`` of the run.
+* ``wall_s`` and ``cpu_s`` of the run;
+* ``--also-unpacked`` adds a PINE run with one row per continuation (``pack="off"``; by default
+  PINE scores packed rows, several continuations per row, since it reads each branch's position
+  ids) and its ``max_dlogp_vs_packed``: the largest difference of any score from the packed run's.
 
     OMP_NUM_THREADS=1 python benchmarks/pine_position_bias.py --mcq-items 8 --judge-items 8 --out pine_pb.csv
 """
@@ -92,6 +95,8 @@ def main() -> None:
     parser.add_argument("--kv-items", type=int, default=4)
     parser.add_argument("--kv-pairs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--also-unpacked", action="store_true",
+                        help="add a PINE run with one row per continuation (pack=off), to compare time and scores")
     parser.add_argument("--out", help="write the table as CSV")
     parser.add_argument("--store", help="save every run to this posbench store (SQLite)")
     args = parser.parse_args()
@@ -111,15 +116,25 @@ def main() -> None:
     for model_id in args.models:
         model = posbench.load_model(model_id)
         for task in args.tasks.split(","):
-            for label, interventions in (("none", ()), ("pine", (Pine(),))):
-                probe = PositionBiasProbe(task=task, attention=False, attnrank=False, n_boot=0, **sizes[task])
+            runs = [("none", (), "auto"), ("pine", (Pine(),), "auto")]
+            if args.also_unpacked:
+                runs.append(("pine, unpacked", (Pine(),), "off"))
+            packed_scores = None
+            for label, interventions, pack in runs:
+                probe = PositionBiasProbe(task=task, attention=False, attnrank=False, n_boot=0, pack=pack, **sizes[task])
                 wall, cpu = time.perf_counter(), time.process_time()
                 result = probe.run(model, interventions=interventions, progress=False)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 if store is not None:
                     store.save(result)
+                scores = result.tables["scores"]["logprob"].to_numpy()
+                extra = {}
+                if label == "pine":
+                    packed_scores = scores
+                elif label == "pine, unpacked":
+                    extra["max_dlogp_vs_packed"] = float(f"{np.abs(scores - packed_scores).max():.3g}")
                 rows.append({"model": model_id, "task": task, "intervention": label,
-                             **row_for(result, task), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)})
+                             **row_for(result, task), **extra, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)})
                 print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
                 if args.out:
                     pd.DataFrame(rows).to_csv(args.out, index=False)

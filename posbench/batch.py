@@ -53,7 +53,9 @@ class Batch:
     its number of real tokens, so real token r of row b sits at column ``offsets[b] + r``.
     ``row_meta[b]`` carries what a probe needs per row (e.g. a tracked token's index);
     ``segments[b]`` the spans of a segmented prompt; ``key_mask`` [B, T, T] (True = may attend),
-    when set, is applied on top of the model's own causal mask in every layer.
+    when set, is applied on top of the model's own causal mask in every layer. ``token_order``,
+    set by an input edit (``posbench.token_order.reorder``: PINE's canonical segment order), says
+    that the tokens run permuted; the model maps every output back to the user's order.
     """
 
     input_ids: torch.Tensor
@@ -65,6 +67,7 @@ class Batch:
     row_meta: list[dict[str, Any]] = field(default_factory=list)
     segments: list[SegmentSpans] | None = None
     key_mask: torch.Tensor | None = None
+    token_order: Any = None  # posbench.token_order.TokenOrder: the tokens run in another column order
 
     @property
     def size(self) -> int:

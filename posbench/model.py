@@ -24,6 +24,7 @@ from .batch import Batch, SegmentSpans, position_ids_from_mask
 from .card import ModelCard, build_card
 from .errors import ContextTooLongError, EmptyDataError, PosbenchError, UnknownModelError
 from .sites import AttentionCapture, Capture
+from .token_order import in_user_order
 from .zoo import ZOO, build_tiny, embedded_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -216,13 +217,23 @@ class HookedModel:
     ) -> RunOutput:
         """One forward pass under the active interventions, returning what ``captures`` reduced
         to (and the logits when asked). Input edits rewrite the batch first; activation edits
-        and attention overrides go to the backend with the captures."""
+        and attention overrides go to the backend with the captures. If an input edit reordered
+        the tokens (``Batch.token_order``), every capture, edit, other override and the logits see
+        the user's order (``posbench.token_order``)."""
         edits, overrides = [], []
         for intervention in self._interventions:
             batch = intervention.edit_batch(batch, self)
             edits.extend(intervention.edits(self))
             overrides.extend(intervention.attention_overrides(self))
-        return self.backend.run(batch, captures, edits=edits, overrides=overrides, logits=logits)
+        order = batch.token_order
+        if order is None:
+            return self.backend.run(batch, captures, edits=edits, overrides=overrides, logits=logits)
+        # the tokens run in another order (PINE's canonical segment order): everything else sees the user's
+        captures, edits, overrides = in_user_order(order, order.user_batch(batch), captures, edits, overrides)
+        out = self.backend.run(batch, captures, edits=edits, overrides=overrides, logits=logits)
+        if out.logits is not None:
+            out.logits = order.to_user(out.logits)
+        return out
 
     def attention_rows_held(self, tokens: int) -> int:
         """Query rows of one layer's attention matrix a pass over ``tokens``-token sequences
@@ -307,6 +318,11 @@ class HookedModel:
         finally:
             for _ in interventions:
                 self._interventions.pop()
+
+    @property
+    def interventions(self) -> tuple["Intervention", ...]:
+        """The active interventions, in stack order."""
+        return tuple(self._interventions)
 
     @property
     def active_interventions(self) -> list[dict[str, Any]]:

@@ -74,6 +74,10 @@ class Intervention(ABC):
     # probe; None with ``showcase_note`` saying where else it is seen (or what it needs).
     showcase: ClassVar[tuple[str, str] | None] = None
     showcase_note: ClassVar[str] = ""
+    # Packed scoring rows (several continuations behind a key mask, each branch's position ids
+    # restarting at the prompt's end: ``posbench.scoring``) give under this intervention what one
+    # row per continuation gives; ``pack="auto"`` packs only when every active one says so.
+    keeps_packed_rows: ClassVar[bool] = False
 
     def edit_batch(self, batch: "Batch", model: "HookedModel") -> "Batch":
         """The batch this intervention runs instead (input edits)."""

@@ -24,9 +24,9 @@ prompt alone, and all the option labels of a question come from one row. Longer 
 are *branches* after the prompt. With ``pack`` several branches share one row: each branch sees
 the prompt and its own earlier tokens (a key mask) and has the position ids P, P + 1, ... it
 would have in a row of its own, so the numbers are those of one row per continuation up to the
-order of floating-point sums (tested). ``pack="auto"`` packs only when no intervention is active
-(an intervention may rewrite position ids or masks, or read the layout of the segments, and must
-see the plain rows), and keeps a packed row within the model's smallest sliding window (a
+order of floating-point sums (tested). ``pack="auto"`` packs only when every active intervention
+declares ``keeps_packed_rows`` (PINE does: it reads the branches' position ids and the key mask
+keeps them apart; others may rewrite position ids or masks and must see the plain rows), and keeps a packed row within the model's smallest sliding window (a
 sliding-window mask counts columns, not position ids). Everything runs through ``model.run``
 under the active interventions, on batches built by ``model.segment_batch``, so
 ``batch.segments`` (the spans of prefix, segments and suffix) is set for segment-aware
@@ -113,7 +113,7 @@ class ScoringPlan:
 def pack_limit(model: "HookedModel", pack: str | bool) -> int | None:
     """The longest packed row allowed, or None for one row per continuation (see module doc)."""
     if pack == "auto":
-        pack = not model.active_interventions
+        pack = all(iv.keeps_packed_rows for iv in model.interventions)
     if not pack:
         return None
     limits = [w for w in model.card.sliding_windows if w] + [model.card.context_length or 10**9]

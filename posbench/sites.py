@@ -201,10 +201,15 @@ class AttentionOverride(ABC):
     rotary tables as the model, and any edit before the override, made them). It returns new
     scores [B, H, T, T] that carry their own mask (a very negative value where a key must not
     be seen). The softmax, the values and everything after run unchanged. Used by PINE.
+
+    Under a batch whose tokens run in another order (``Batch.token_order``), an override sees
+    the user's order like everything else, unless it sets ``reads_run_order`` (PINE, which
+    computes on its own canonical order).
     """
 
     layers: tuple[int, ...] | None = None
     needs: ClassVar[tuple[str, ...]] = ()
+    reads_run_order: ClassVar[bool] = False
 
     @abstractmethod
     def scores(self, q: torch.Tensor, k: torch.Tensor, ctx: Context) -> torch.Tensor: ...

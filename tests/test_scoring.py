@@ -14,6 +14,7 @@ import torch
 from posbench.data import KVDataset, MCQDataset, SegmentedPrompt
 from posbench.errors import ContextTooLongError, EmptyDataError
 from posbench.interventions.head_ablation import HeadAblation
+from posbench.interventions.pine import Pine
 from posbench.scoring import (
     continuation_ids,
     continuation_logprobs,
@@ -68,6 +69,27 @@ def test_auto_packing_stops_under_an_intervention_and_scores_the_edited_model(ti
         want = [hand_logprob(tiny_llama, prompts[0], c) for c in choices[0]]
     assert edited.packed_rows == 0
     np.testing.assert_allclose(edited.logprobs[0], want, atol=2e-4)
+
+
+def test_packed_rows_under_pine_equal_one_row_per_continuation(tiny_llama, kv_case):
+    """PINE keeps packed rows (it reads each branch's restarted position ids; the key mask keeps
+    the branches apart): packed scores equal one row per continuation and a hand computation
+    from the full logits of a segmented row under PINE."""
+    prompts, choices = kv_case
+    with tiny_llama.intervene(Pine()):
+        assert pack_limit(tiny_llama, "auto") is not None
+        packed = continuation_logprobs(tiny_llama, prompts, choices, batch_size=3)
+        single = continuation_logprobs(tiny_llama, prompts, choices, pack=False, batch_size=3)
+        cont = continuation_ids(tiny_llama, choices[1][0])
+        batch = tiny_llama.segment_batch([prompts[1]], continuations=[cont])
+        logits = tiny_llama.forward(batch)[0].double().log_softmax(-1)
+    assert packed.packed_rows > 0 and packed.rows < single.rows
+    start = batch.segments[0].length - 1
+    assert packed.logprobs[1][0] == pytest.approx(float(sum(logits[start + j, t] for j, t in enumerate(cont))), abs=1e-4)
+    for got, want in zip(packed.logprobs, single.logprobs):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    plain = continuation_logprobs(tiny_llama, prompts, choices, batch_size=3)
+    assert max(abs(a - b) for p, q in zip(plain.logprobs, packed.logprobs) for a, b in zip(p, q)) > 1e-3  # PINE acted
     clean = [hand_logprob(tiny_llama, prompts[0], c) for c in choices[0]]
     assert max(abs(a - b) for a, b in zip(want, clean)) > 1e-3  # the ablation does change the scores
 

@@ -30,9 +30,11 @@ from typing import Any
 
 import torch
 
+from ..batch import SegmentSpans
 from ..errors import BadOptionError, PosbenchError
 from ..protocols import AttentionEdit
 from ..sites import AttentionOverride, Context
+from ..token_order import reorder
 
 PREFIX, SEGMENT, SUFFIX, PAD = 0, 1, 2, -1
 
@@ -52,6 +54,7 @@ class Pine(AttentionEdit):
     summary = "PINE (Wang et al. 2025): bidirectional attention between segments, positions re-assigned by importance"
     spec_help = "no arguments; needs segmented prompts (e.g. the position-bias probe)"
     Config = PineConfig
+    keeps_packed_rows = True  # a continuation's positions come from the batch; the key mask applies on top
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -71,7 +74,9 @@ class Pine(AttentionEdit):
             raise PosbenchError(f"pine needs the rotary tables (site rope_cos), which {model.model_id}'s backend does not expose")
 
     def edit_batch(self, batch, model):
-        """PINE leaves the batch as it is; it only checks that the batch says where the segments are."""
+        """The batch with every row's segments in canonical content order (``canonical_order``):
+        the model runs that, and maps every output back to the user's order
+        (``posbench.token_order``), so every order of the same segments is one computation."""
         if batch.segments is None:
             raise PineNeedsSegmentsError(
                 "pine needs segmented prompts (prefix, interchangeable segments, suffix): build the batch "
@@ -81,10 +86,43 @@ class Pine(AttentionEdit):
             raise PineNeedsSegmentsError(
                 f"pine: the batch has {batch.size} rows but {len(batch.segments)} segment layouts; give one per row"
             )
-        return batch
+        return canonical_order(batch)
 
     def attention_overrides(self, model) -> list[AttentionOverride]:
         return [PineScores(windows=tuple(model.card.sliding_windows), softcap=model.card.attn_logit_softcap)]
+
+
+# ---------------------------------------------------------------------------- canonical order
+def canonical_order(batch):
+    """``batch`` with each row's segments sorted by their token ids (compared lexicographically,
+    so a segment that is the start of another comes first), in the columns the segments held
+    between the prefix and the suffix. Segments with equal ids keep their relative order (they
+    are the same tokens, so the run batch is the same either way). The order is recorded
+    (``posbench.token_order.reorder``): everything outside PINE sees the user's order."""
+    ids = batch.input_ids.cpu()
+    columns = torch.arange(batch.width).repeat(batch.size, 1)
+    spans = []
+    for b, span in enumerate(batch.segments):
+        off = int(batch.offsets[b])
+        _check_contiguous(b, span)
+        content = sorted(range(len(span.segments)), key=lambda s: ids[b, off + span.segments[s][0] : off + span.segments[s][1]].tolist())
+        at, segments = span.prefix[1], []
+        for s in content:
+            start, stop = span.segments[s]
+            columns[b, off + at : off + at + stop - start] = torch.arange(off + start, off + stop)
+            segments.append((at, at + stop - start))
+            at += stop - start
+        spans.append(SegmentSpans(span.prefix, tuple(segments), span.suffix))
+    return reorder(batch, columns, spans)
+
+
+def _check_contiguous(b: int, span: SegmentSpans) -> None:
+    edges = [span.prefix[1]] + [x for s in span.segments for x in s] + [span.suffix[0]]
+    if span.prefix[0] != 0 or any(edges[i] != edges[i + 1] for i in range(0, len(edges), 2)):
+        raise PineNeedsSegmentsError(
+            f"pine: row {b}'s prefix, segments and suffix do not follow one another ({span}); "
+            "build the batch with model.segment_batch"
+        )
 
 
 # ---------------------------------------------------------------------------- layout
@@ -95,8 +133,9 @@ class SegmentLayout:
 
     ``home`` [B, T] is a token's position under PINE when nothing is re-ordered: the prefix at
     0..P-1, each segment end-aligned to E = P + sum of lengths (segment s at E - L_s ..), suffix
-    and continuation at their own positions E.. (pads 0). Positions count from the row's first
-    real token; the rotary tables are read at column ``offsets[b] + position``.
+    and continuation at the positions the batch gives them (E.. in a plain row; a packed scoring
+    row restarts each branch at the prompt's end), pads 0. Positions count from the row's first
+    real token; the rotary tables are read at ``position_column`` (the column that holds it).
     """
 
     kind: torch.Tensor  # [B, T] PREFIX / SEGMENT / SUFFIX / PAD
@@ -108,7 +147,7 @@ class SegmentLayout:
     seg_valid: torch.Tensor  # [B, N, Lmax]
     seg_len: torch.Tensor  # [B, N] (0 for rows with fewer segments)
     seg_start: torch.Tensor  # [B, N] home position of each segment's first token
-    tiebreak: torch.Tensor  # [B, N] a strict order by content (token ids), then slot
+    position_column: torch.Tensor  # [B, T] a column holding position p of the row (p past the row's last: its last)
     _seen: dict = field(default_factory=dict)
 
     @property
@@ -128,17 +167,17 @@ class SegmentLayout:
         seg_cols = torch.full((B, N, Lmax), T, dtype=torch.long)
         seg_len = torch.zeros((B, N), dtype=torch.long)
         seg_start = torch.zeros((B, N), dtype=torch.long)
-        tiebreak = torch.arange(N).repeat(B, 1) + N  # absent segments after every real one
-        ids = batch.input_ids.cpu()
+        position_column = torch.zeros((B, T), dtype=torch.long)
         for b, span in enumerate(spans):
             off, length = int(batch.offsets[b]), int(batch.lengths[b])
-            _check_row(batch, b, span, length)
+            positions = _check_row(batch, b, span, length)
             prefix_end, end = span.prefix[1], span.suffix[0]
             cols = slice(off, off + length)
             kind[b, cols] = SUFFIX
             kind[b, off : off + prefix_end] = PREFIX
-            home[b, cols] = torch.arange(length)
-            content = []
+            home[b, cols] = positions
+            position_column[b] = off + length - 1
+            position_column[b, positions] = torch.arange(off, off + length)
             for s, (start, stop) in enumerate(span.segments):
                 n = stop - start
                 kind[b, off + start : off + stop] = SEGMENT
@@ -146,13 +185,10 @@ class SegmentLayout:
                 home[b, off + start : off + stop] = torch.arange(end - n, end)
                 seg_cols[b, s, :n] = torch.arange(off + start, off + stop)
                 seg_len[b, s], seg_start[b, s] = n, end - n
-                content.append((ids[b, off + start : off + stop].tolist(), s))
-            for rank, (_, s) in enumerate(sorted(content)):
-                tiebreak[b, s] = rank
         seg_valid = torch.arange(Lmax)[None, None, :] < seg_len[..., None]
         return cls(kind.to(device), seg_of.to(device), home.to(device), batch.offsets.to(device),
                    batch.lengths.to(device), seg_cols.to(device), seg_valid.to(device), seg_len.to(device),
-                   seg_start.to(device), tiebreak.to(device))
+                   seg_start.to(device), position_column.to(device))
 
     @cached_property
     def own(self) -> torch.Tensor:
@@ -217,18 +253,27 @@ class SegmentLayout:
         return self.scatter_index(self.seg_cols.view(B, N * L)).view(B, T, N, L).permute(0, 2, 1, 3).reshape(B, 1, -1)
 
 
-def _check_row(batch, b: int, span, length: int) -> None:
+def _check_row(batch, b: int, span, length: int) -> torch.Tensor:
+    """Row b's positions counted from its first real token: consecutive over the prompt (PINE
+    assigns the prompt's positions itself); tokens after it (continuations) may repeat positions
+    past the prompt, as a packed scoring row does (``posbench.scoring``), as long as together
+    they cover one range (the rotary tables are read by position)."""
     if span.length > length:
         raise PineNeedsSegmentsError(
             f"pine: row {b}'s segment layout covers {span.length} tokens but the row has {length}; "
             "build the batch with model.segment_batch"
         )
     positions = batch.real_position_ids(b).cpu()
-    if not torch.equal(positions, positions[0] + torch.arange(length)):
+    positions = positions - positions[0]
+    P = span.length
+    after = positions[P:]
+    if not (torch.equal(positions[:P], torch.arange(P)) and bool((after >= P).all())
+            and torch.equal(torch.unique(positions), torch.arange(int(positions.max()) + 1 if length else 0))):
         raise PosbenchError(
             "pine assigns positions itself: it composes with a uniform position shift, not with "
             f"position ids that are not consecutive (row {b}); drop the position-id edit or put it elsewhere"
         )
+    return positions
 
 
 # ---------------------------------------------------------------------------- rotations
@@ -243,10 +288,9 @@ def _angles(cos: torch.Tensor, sin: torch.Tensor, batch: int) -> torch.Tensor:
 def _table_at(table: torch.Tensor, layout: SegmentLayout, positions: torch.Tensor) -> torch.Tensor:
     """Rows of a per-position table [B, T, w] at PINE positions [B, ...] -> [B, ..., w]
     (positions are clamped into the row: those outside are never seen)."""
-    B = positions.shape[0]
-    last = (layout.lengths - 1).clamp(min=0).view(B, *[1] * (positions.dim() - 1))
-    cols = layout.offsets.view_as(last) + torch.minimum(positions.clamp(min=0), last)
-    flat = cols.reshape(B, -1, 1).expand(-1, -1, table.shape[-1])
+    B, T = layout.position_column.shape
+    cols = layout.position_column.gather(1, positions.clamp(0, T - 1).reshape(B, -1))
+    flat = cols[..., None].expand(-1, -1, table.shape[-1])
     return table.gather(1, flat).view(*positions.shape, table.shape[-1])
 
 
@@ -269,6 +313,7 @@ class PineScores(AttentionOverride):
     """The PINE score matrix of one layer (see the module docstring and docs/pine.md)."""
 
     needs = ("rope_cos", "rope_sin")
+    reads_run_order = True  # it computes on the canonical order its edit_batch made
 
     def __init__(self, windows: tuple[int | None, ...], softcap: float | None):
         self.windows = windows
@@ -345,17 +390,14 @@ class PineScores(AttentionOverride):
         length of the segments ranked before it. A suffix query ranks the segments by its own
         attention over their tokens, length-normalised (the mean weight per token); a segment
         query by the sum of that over its segment's tokens, its own segment first. Exact ties
-        are broken by content (``SegmentLayout.tiebreak``); the sums run in an order that does
-        not depend on the segments' order, so equal inputs give bitwise equal importances."""
+        go to the earlier slot: in the canonical order PINE runs (``canonical_order``), the
+        segment that comes first by content."""
         B, H, T, N, _ = raw.shape
         # softmax over the segment tokens, in place: raw is not needed afterwards
         raw.masked_fill_(~layout.importance_keys, torch.finfo(raw.dtype).min)
         raw.sub_(raw.amax(dim=(-2, -1), keepdim=True)).exp_()
         mass = raw.sum(-1)  # [B, H, T, N]
-        # sums over segments run in content order, and over a query segment's tokens in token
-        # order, so that two orders of the same segments round alike (near-ties stay put)
-        canonical = layout.tiebreak.argsort(-1)[:, None, None, :].expand(B, H, T, N)
-        total = mass.gather(-1, canonical).sum(-1, keepdim=True)
+        total = mass.sum(-1, keepdim=True)
         per_seg = mass / total / layout.seg_len.clamp(min=1)[:, None, None, :]
         L = layout.seg_cols.shape[2]
         tokens = layout.seg_cols.clamp(max=T - 1).view(B, 1, N * L, 1).expand(B, H, N * L, N)
@@ -367,7 +409,7 @@ class PineScores(AttentionOverride):
         importance = importance.masked_fill(layout.own[:, None], float("inf"))
         importance = importance.masked_fill(layout.seg_len[:, None, None, :] == 0, float("-inf"))
         a, b = importance[..., :, None], importance[..., None, :]  # a: the segment that may come first
-        tie = layout.tiebreak[:, None, None, :, None] < layout.tiebreak[:, None, None, None, :]
-        before = (a > b) | ((a == b) & tie)  # [B, H, T, N (first), N (second)]
+        slots = torch.arange(N, device=raw.device)
+        before = (a > b) | ((a == b) & (slots[:, None] < slots[None, :]))  # [B, H, T, N (first), N (second)]
         lengths = layout.seg_len[:, None, None, None, :].float()
         return (lengths @ before.float()).squeeze(-2).long()

@@ -86,7 +86,8 @@ class PositionBiasConfig:
     seed: int = option(0, min=0, help="bootstrap and PriDe calibration draw")
     batch_size: int = option(8, min=1, counts="batch", help="rows per forward pass")
     pack: str = option("auto", choices=("auto", "on", "off"),
-                       help="several choices of one prompt in one row (auto: only without interventions)")
+                       help="several choices of one prompt in one row (auto: unless an active intervention "
+                            "cannot keep packed rows; PINE can)")
 
 
 class PositionBiasProbe(Probe):
