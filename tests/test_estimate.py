@@ -5,6 +5,7 @@ test_report.py (test_first_report_estimates_time_then_reuses)."""
 
 from posbench.estimate import Estimate, calibrate, describe, estimate, format_seconds
 from posbench.interventions.pine import Pine
+from posbench.interventions.positions import PositionShift
 from posbench.probes.position_bias import PositionBiasProbe
 from posbench.probes.sinks import SinkProbe
 
@@ -39,5 +40,7 @@ def test_calibration_and_planned_tokens(tiny_llama):
     plain = probe.planned_tokens(tiny_llama)
     with tiny_llama.intervene(Pine()):
         pined = probe.planned_tokens(tiny_llama)
-    assert 0 < plain < pined, "no packing under an intervention: more rows to score"
+    with tiny_llama.intervene(PositionShift(5)):
+        shifted = probe.planned_tokens(tiny_llama)
+    assert 0 < plain == pined < shifted, "PINE keeps packed rows; an intervention that does not: more rows to score"
     assert SinkProbe(n_sequences=2, seq_len=16).planned_tokens(tiny_llama) == 2 * 16
