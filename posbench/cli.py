@@ -322,7 +322,8 @@ def _announce(store, model: _ReportModel, plan: list[_PlannedRun]) -> float | No
                     p.tokens = p.probe.planned_tokens(loaded)
             except PosbenchError:  # the run itself will say what is wrong
                 p.tokens = None
-            estimates.append(estimate(p.probe, p.label, model.model_id, store.timings(p.probe.name), speed, p.tokens))
+            estimates.append(estimate(p.probe, p.label, model.model_id, store.timings(p.probe.name), speed, p.tokens,
+                                      intervened=bool(p.interventions)))
     for line in describe(model.model_id, [p.label for p in plan if p.run_id], estimates):
         _say(f"posbench: {line}")
     return speed

@@ -92,14 +92,16 @@ def _learned_factors(runs) -> list[float]:
 
 
 def estimate(probe: "Probe", label: str, model_id: str, runs, seconds_per_token: float | None,
-             planned_tokens: int | None) -> Estimate:
+             planned_tokens: int | None, intervened: bool = False) -> Estimate:
     """The estimate of one run of ``probe`` on ``model_id`` from the probe's stored ``runs``
-    (model id, config, metadata), this model's calibration and the run's planned tokens."""
+    (model id, config, metadata), this model's calibration and the run's planned tokens. An
+    ``intervened`` run is estimated at the probe's own cost (the intervention's is not counted)."""
     earlier = _earlier_seconds(runs, model_id, probe.get_params())
     if earlier:
         s = statistics.median(earlier)
-        return Estimate(label, s, s * SAME_RUN_RANGE[0], s * SAME_RUN_RANGE[1],
-                        f"an earlier run of it on this model took {format_seconds(s)}")
+        basis = (f"earlier runs of {probe.name} on this model took {format_seconds(s)}; the intervention's own "
+                 "cost is not counted" if intervened else f"an earlier run of it on this model took {format_seconds(s)}")
+        return Estimate(label, s, s * SAME_RUN_RANGE[0], s * SAME_RUN_RANGE[1], basis)
     learned = _learned_factors(runs)
     factor = statistics.median(learned) if learned else type(probe).work_factor
     if factor is None or not seconds_per_token or not planned_tokens:
