@@ -84,14 +84,17 @@ def condition_name(fraction: float, highest: bool) -> str:
 def _measure(model, seqs, offset_heads, batch_size, padding_side, bar):
     """Loss (all positions, second half) and P(d*) of each offset head, under the active interventions."""
     width = max([d for _, _, d in offset_heads], default=0) + 1
-    captures = [AttentionCapture("profile", OffsetProfile(width)),
-                Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch))]
+    layers = tuple(sorted({layer for layer, _, _ in offset_heads}))
+    # profiles only where an offset head sits: other layers then need no attention rows at all
+    captures = [Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch))]
+    if layers:
+        captures.append(AttentionCapture("profile", OffsetProfile(width), layers=layers))
     sums, counts = 0.0, 0.0
     prof_sums, prof_counts = torch.zeros(model.n_layers, model.n_heads, width), torch.zeros(model.n_layers, width)
     for _, _, out in run_batches(model, seqs, captures, batch_size=batch_size, padding_side=padding_side, progress=bar):
         s, c = out["nll"]
         sums, counts = _add(sums, s), _add(counts, c)
-        for layer, per_seq in out["profile"].items():
+        for layer, per_seq in out.captured.get("profile", {}).items():
             for r in per_seq:
                 k = r["sums"].shape[1]
                 prof_sums[layer, :, :k] += r["sums"]
