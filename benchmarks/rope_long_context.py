@@ -73,19 +73,19 @@ def offset_heads(model) -> list[tuple[int, int, int]]:
     return [(int(r.layer), int(r.head), int(r.offset)) for r in heads.itertuples() if r.primary in OFFSET_LABELS]
 
 
-def measure(model, length: int, heads, tokens, fraction: float) -> list[dict]:
+def measure(model, length: int, heads, tokens, fraction: float, bands=("lowest", "highest"), loss_stride: int = 1) -> list[dict]:
     seq = tokens[:length]
     if len(seq) < length:
         raise SystemExit(f"the long text has only {len(seq)} tokens for {model.model_id}; asked for {length}")
     pairs = pair_table(model, length)
     t0 = time.perf_counter()
-    effects, turns = band_effects(model, [seq], heads, pairs, [fraction], batch_size=1)
+    effects, turns = band_effects(model, [seq], heads, pairs, [fraction], batch_size=1, bands=bands, loss_stride=loss_stride)
     seconds = time.perf_counter() - t0
     rows = []
     for effect in effects.to_dict("records"):
         row = {"model": model.model_id, "tokens": length, "repeated_16gram_tokens": repeated_ngram_tokens(seq),
                "offset_heads": len(heads), **effect, "seconds_all_conditions": round(seconds, 1),
-               "attn_implementation": model.card.attn_implementation}
+               "attn_implementation": model.card.attn_implementation, "loss_stride": loss_stride}
         row.pop("intervention")
         for turn in turns[turns.condition == effect["condition"]].to_dict("records"):
             kind = turn["layer_type"].replace("_attention", "")
@@ -124,6 +124,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", help="MODEL:LEN[,LEN...] (repeatable); default: " + " ".join(DEFAULT_RUNS))
     parser.add_argument("--fraction", type=float, default=0.25)
+    parser.add_argument("--bands", default="lowest,highest", help="which ends of the spectrum to make position-free")
+    parser.add_argument("--loss-stride", type=int, default=1,
+                        help="score the loss on every k-th position only (Gemma-3: the 262k unembedding dominates)")
     parser.add_argument("--out", default="docs/results")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -136,7 +139,7 @@ def main(argv=None) -> None:
         tokens = model.tokenize([text])[0]
         for length in (int(x) for x in lengths.split(",")):
             print(f"{name} at {length} tokens ...", flush=True)
-            rows = measure(model, length, heads, tokens, args.fraction)
+            rows = measure(model, length, heads, tokens, args.fraction, args.bands.split(","), args.loss_stride)
             for row in rows:
                 row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 row["python"] = sys.version.split()[0]  # pydoc_data.topics is this interpreter's reference

@@ -109,6 +109,14 @@ def test_loss_by_position_in_chunks_equals_the_full_logits_loss(tiny_llama):
     lengths = batch.attention_mask.sum(1) - 1
     assert counts.tolist() == [float((lengths > t).sum()) for t in range(len(counts))]
     torch.testing.assert_close(sums, by_position, rtol=1e-5, atol=1e-5)
+    # every second position only: the same values there, nothing elsewhere (right padding)
+    batch = tiny_llama.batch(tiny_llama.tokenize(texts), "right")
+    full = next_token_nll(tiny_llama.forward(batch), batch.input_ids, batch.attention_mask)
+    out = tiny_llama.run(batch, [Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch, chunk=3, stride=2))])
+    sums, counts = out["nll"]
+    torch.testing.assert_close(sums[::2], full.sum(0)[::2], rtol=1e-5, atol=1e-5)
+    assert counts[1::2].sum() == 0 and sums[1::2].abs().sum() == 0
+    assert counts[::2].tolist() == [float((lengths > t).sum()) for t in range(0, len(counts), 2)]
 
 
 def test_repeated_ngrams_count_what_copying_could_predict():
