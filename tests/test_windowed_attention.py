@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from posbench.backends.hf_attention import sdpa, windowed_sdpa
+from posbench.sites import Capture
 
 
 def _sliding_mask(width: int, window: int, pads: list[int]) -> torch.Tensor:
@@ -47,3 +48,28 @@ def test_blocks_see_only_their_window():
     q = k = v = torch.zeros(1, 1, width, 4)
     windowed_sdpa(attention, None, q, k, v, _sliding_mask(width, window, [0]), block=window)
     assert len(seen) == 10 and seen[0] == (10, 10) and all(keys == 19 for _, keys in seen[1:])
+
+
+@pytest.mark.embedded
+def test_gemma_sliding_layers_run_blocked_and_agree(gemma, monkeypatch):
+    """Gemma-3 at 1,100 tokens (> 2 x its 512 window): the 15 sliding layers go through the blocked
+    path, and the final hidden state equals the one from one masked SDPA call per layer."""
+    import posbench.backends.hf_attention as hf
+
+    calls = []
+
+    def counting(attention, module, q, k, v, mask, block, **kwargs):
+        calls.append(block)
+        return windowed_sdpa(attention, module, q, k, v, mask, block, **kwargs)
+
+    def one_call(attention, module, q, k, v, mask, block, **kwargs):
+        return attention(module, q, k, v, mask, **kwargs)
+
+    batch = gemma.batch([gemma.random_tokens(1, 1100, torch.Generator().manual_seed(0))[0].tolist()])
+    capture = [Capture("h", "final_norm", lambda h, ctx: h.detach().clone())]
+    monkeypatch.setattr(hf, "windowed_sdpa", counting)
+    blocked = gemma.run(batch, capture)["h"]
+    assert calls == [512] * sum(1 for w in gemma.card.sliding_windows if w)
+    monkeypatch.setattr(hf, "windowed_sdpa", one_call)
+    plain = gemma.run(batch, capture)["h"]
+    torch.testing.assert_close(blocked, plain, rtol=1e-4, atol=1e-4)
