@@ -86,3 +86,46 @@ def test_long_context_benchmark_table(planted_high_band, tmp_path):
     assert rows[1]["position_free_full"] == (rows[1]["turn_full"] < math.pi / 8)
     table = bench.markdown(rows)
     assert table.count("\n") == 2 + len(rows) and "max turn full (rad, span)" in table
+
+
+def test_loss_by_position_in_chunks_equals_the_full_logits_loss(tiny_llama):
+    """band_effects' loss never holds [T, vocab] at once (Gemma-3 at 32k tokens: 34 GB in fp32):
+    nll_by_position unembeds a few positions at a time; per position it equals the loss from the
+    full logits, left padding undone."""
+    import torch
+
+    from posbench.reduce import next_token_nll, nll_by_position
+    from posbench.sites import Capture
+
+    texts = ["Rotary frequencies carry position over long spans.", "Short one"]
+    batch = tiny_llama.batch(tiny_llama.tokenize(texts), "left")
+    full = next_token_nll(tiny_llama.forward(batch), batch.input_ids, batch.attention_mask)  # [B, T-1]
+    out = tiny_llama.run(batch, [Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch, chunk=3))])
+    sums, counts = out["nll"]
+    by_position = torch.zeros_like(sums)
+    for row, offset in enumerate(batch.offsets.tolist()):
+        real = full[row, offset:]
+        by_position[: len(real)] += real
+    lengths = batch.attention_mask.sum(1) - 1
+    assert counts.tolist() == [float((lengths > t).sum()) for t in range(len(counts))]
+    torch.testing.assert_close(sums, by_position, rtol=1e-5, atol=1e-5)
+    # every second position only: the same values there, nothing elsewhere (right padding)
+    batch = tiny_llama.batch(tiny_llama.tokenize(texts), "right")
+    full = next_token_nll(tiny_llama.forward(batch), batch.input_ids, batch.attention_mask)
+    out = tiny_llama.run(batch, [Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch, chunk=3, stride=2))])
+    sums, counts = out["nll"]
+    torch.testing.assert_close(sums[::2], full.sum(0)[::2], rtol=1e-5, atol=1e-5)
+    assert counts[1::2].sum() == 0 and sums[1::2].abs().sum() == 0
+    assert counts[::2].tolist() == [float((lengths > t).sum()) for t in range(0, len(counts), 2)]
+
+
+def test_repeated_ngrams_count_what_copying_could_predict():
+    spec = importlib.util.spec_from_file_location("rope_long_context", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.repeated_ngram_tokens(list(range(40)), n=4) == 0
+    # a 10-token block seen twice: the second copy repeats 10 - 4 + 1 = 7 four-grams
+    block = list(range(100, 110))
+    assert bench.repeated_ngram_tokens([*block, 1, 2, *block], n=4) == 7
+    # the benchmark's text: natural paragraphs, then the language reference, no template prose
+    assert bench.long_text().count("Only a handful of the original machines survive today") == 0

@@ -81,17 +81,20 @@ def condition_name(fraction: float, highest: bool) -> str:
     return f"position-free {'highest' if highest else 'lowest'} {fraction:g}"
 
 
-def _measure(model, seqs, offset_heads, batch_size, padding_side, bar):
+def _measure(model, seqs, offset_heads, batch_size, padding_side, bar, loss_stride=1):
     """Loss (all positions, second half) and P(d*) of each offset head, under the active interventions."""
     width = max([d for _, _, d in offset_heads], default=0) + 1
-    captures = [AttentionCapture("profile", OffsetProfile(width)),
-                Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch))]
+    layers = tuple(sorted({layer for layer, _, _ in offset_heads}))
+    # profiles only where an offset head sits: other layers then need no attention rows at all
+    captures = [Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch, stride=loss_stride))]
+    if layers:
+        captures.append(AttentionCapture("profile", OffsetProfile(width), layers=layers))
     sums, counts = 0.0, 0.0
     prof_sums, prof_counts = torch.zeros(model.n_layers, model.n_heads, width), torch.zeros(model.n_layers, width)
     for _, _, out in run_batches(model, seqs, captures, batch_size=batch_size, padding_side=padding_side, progress=bar):
         s, c = out["nll"]
         sums, counts = _add(sums, s), _add(counts, c)
-        for layer, per_seq in out["profile"].items():
+        for layer, per_seq in out.captured.get("profile", {}).items():
             for r in per_seq:
                 k = r["sums"].shape[1]
                 prof_sums[layer, :, :k] += r["sums"]
@@ -115,23 +118,26 @@ def _add(acc, x: torch.Tensor) -> torch.Tensor:
 
 def band_effects(model, seqs: Sequence[Sequence[int]], offset_heads: Sequence[tuple[int, int, int]],
                  pairs: pd.DataFrame, fractions: Sequence[float], *, batch_size: int = 1,
-                 padding_side: str = "right", bar=NO_PROGRESS) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 padding_side: str = "right", bar=NO_PROGRESS, bands: Sequence[str] = ("lowest", "highest"),
+                 loss_stride: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The p-RoPE band test: baseline, then each fraction's lowest and highest band position-free.
 
     ``offset_heads`` are (layer, head, d*) of the heads whose P(d*) is tracked (the taxonomy's
     self / previous-token / fixed-offset heads). Returns (effects, turns): one effects row per
     condition (loss, loss on the second half of the positions, their changes, the offset heads'
     mean P(d*) and its change, the band's largest turn across the evaluated span), and per
-    condition and layer type the band's turn angles (``band_turns``).
+    condition and layer type the band's turn angles (``band_turns``). ``bands`` picks which ends
+    are tested; ``loss_stride`` > 1 scores the loss on every stride-th position only (long runs
+    on large vocabularies, see ``nll_by_position``).
     """
-    base = _measure(model, seqs, offset_heads, batch_size, padding_side, bar)
+    base = _measure(model, seqs, offset_heads, batch_size, padding_side, bar, loss_stride)
     rows = [{"condition": "none", "band": "", "fraction": 0.0, **base, "max_turn_over_span": 0.0, "intervention": ""}]
     turns = []
     for fraction in fractions:
-        for highest in (False, True):
+        for highest in [band == "highest" for band in bands]:
             iv = RopePositionFree(fraction=fraction, highest=highest)
             with model.intervene(iv):
-                res = _measure(model, seqs, offset_heads, batch_size, padding_side, bar)
+                res = _measure(model, seqs, offset_heads, batch_size, padding_side, bar, loss_stride)
             turn = band_turns(model, pairs, fraction, highest)
             turns.append(turn)
             rows.append({"condition": condition_name(fraction, highest), "band": "highest" if highest else "lowest",
