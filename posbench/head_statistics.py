@@ -60,7 +60,8 @@ class OffsetProfile(AttentionStatistic):
                 st = state[b] = {"sums": sums, "first": 0.0, "tv": 0.0, "rows": 0.0, "jsd": None}
             causal = block[..., : first + block.shape[1]]  # later keys are zero
             blocks[b] = causal, first
-            aligned, ok = offset_aligned(causal, first)
+            # all offsets for the PDS, else only those the profile keeps
+            aligned, ok = offset_aligned(causal, first, None if self.reference is not None else self.width)
             part = offset_sums_aligned(aligned, st["sums"].shape[1])
             st["sums"][:, : part.shape[1]] += part
             st["first"] = st["first"] + causal[:, :, 0].sum(-1)

@@ -19,23 +19,28 @@ def _row_chunks(length: int):
         yield start, min(length, start + ROW_CHUNK)
 
 
-def offset_aligned(rows: torch.Tensor, first: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def offset_aligned(rows: torch.Tensor, first: int, width: int | None = None,
+                   eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Ã (key 0 dropped, rows renormalised) of a chunk of causal rows, indexed by offset.
 
     rows [H, n, L] are queries ``first .. first+n-1`` over keys ``0 .. L-1``. Returns
-    (R [H, n, D], row_ok [H, n]) with D = first + n and R[h, i, D-1-d] = Ã[h, first+i, first+i-d]
-    for 0 <= d <= D-1 (0 where that key would be < 1). Offsets run backwards so that R is a
-    strided view of one left-padded copy of the rows (the skew of Transformer-XL's relative
-    shift): no index tensor, no gather, and only keys up to each query are read.
+    (R [H, n, D], row_ok [H, n]) with D = first + n (or ``width`` if smaller: offsets d < width
+    only) and R[h, i, D-1-d] = Ã[h, first+i, first+i-d] for 0 <= d <= D-1 (0 where that key would
+    be < 1). Offsets run backwards so that R is a strided view of one left-padded copy of the rows
+    (the skew of Transformer-XL's relative shift): no index tensor, no gather, and only the keys
+    within D of each query are read.
     """
     heads, n, _ = rows.shape
-    width = first + n
+    width = first + n if width is None else min(width, first + n)
+    base = first - width + 1  # the key in column 0 of the copy (negative: left padding)
     rest = 1.0 - rows[..., 0]
     ok = rest > eps
     padded = rows.new_empty(heads, n, n - 1 + width)
-    padded[..., : n - 1] = 0.0
-    torch.div(rows[..., :width], rest.clamp(min=eps).unsqueeze(-1), out=padded[..., n - 1 :])
-    padded[..., n - 1] = 0.0  # key 0
+    pad = max(0, -base)
+    padded[..., :pad] = 0.0
+    torch.div(rows[..., base + pad : first + n], rest.clamp(min=eps).unsqueeze(-1), out=padded[..., pad:])
+    if base <= 0:
+        padded[..., -base] = 0.0  # key 0
     if not bool(ok.all()):
         padded.mul_(ok.unsqueeze(-1))
     return padded.as_strided((heads, n, width), (padded.stride(0), padded.stride(1) + 1, 1)), ok
@@ -51,7 +56,7 @@ def offset_sums_rows(rows: torch.Tensor, first: int, width: int) -> torch.Tensor
     block of L keys; returns sums [H, width] of Ã[i, i - d] over those rows (key 0 excluded, rows
     renormalised without it)."""
     sums = torch.zeros(rows.shape[0], width, device=rows.device)
-    part = offset_sums_aligned(offset_aligned(rows, first)[0], width)
+    part = offset_sums_aligned(offset_aligned(rows, first, width)[0], width)
     sums[:, : part.shape[1]] = part
     return sums
 
@@ -128,6 +133,8 @@ def position_dependence_aligned(
     offset profile [H, width] predicts, pred_i(d) = P(d) / sum_{d' < i} P(d') for 0 <= d < i
     (keys 1 .. i): (sum over queries i >= 2 of TV(Ã_i, pred_i) [H], number of usable rows [H])."""
     heads, n, width = aligned.shape
+    if width != first + n:
+        raise ValueError("position_dependence_aligned needs every offset: call offset_aligned without width")
     skip = max(0, 2 - first)
     if skip >= n:
         zero = torch.zeros(heads, device=aligned.device)

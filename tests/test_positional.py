@@ -61,7 +61,8 @@ def test_chunked_row_statistics_equal_gather_based_reference():
         expected = torch.zeros(3, width)
         for d in range(width):
             expected[:, d] = (norm[:, first : first + n] * ((delta == d) & (keys >= 1))).sum((-1, -2))
-        torch.testing.assert_close(offset_sums_rows(chunk, first, width), expected, rtol=1e-6, atol=1e-6)
+        for kept in (width, 5):  # every offset, and only the first few
+            torch.testing.assert_close(offset_sums_rows(chunk, first, kept), expected[:, :kept], rtol=1e-6, atol=1e-6)
         allowed = (delta >= 0) & (keys[None, :] >= 1)
         pred = profile[:, delta.clamp(0, width - 1)] * allowed
         pred = pred / pred.sum(-1, keepdim=True).clamp(min=1e-12)
