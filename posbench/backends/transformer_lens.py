@@ -176,6 +176,8 @@ class TransformerLensBackend(Backend):
             def note(name):
                 def hook(x, hook):
                     fired.add(name)
+                    if name == _HOOKS["final_norm"]:  # nothing fires after it: skip the unembedding
+                        raise _StopForward         # (a vocab x d matmul that pages in the whole matrix)
                     return x
 
                 return hook
@@ -190,6 +192,8 @@ class TransformerLensBackend(Backend):
                         ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(2, device=self._device)[None],
                         fwd_hooks=[(name, note(name)) for name in sorted(names & set(self.bridge.hook_dict))],
                     )
+            except _StopForward:
+                pass
             finally:
                 self.bridge.reset_hooks(including_permanent=False)
             self._firing[fast] = frozenset(fired)
