@@ -1,6 +1,7 @@
 """The per-head statistics the head taxonomy (``posbench.heads``) reads, folded while hooks fire.
 
-Three passes, each an ``AttentionCapture`` fold over query-row chunks (never a T x T matrix):
+Three passes, each one ``AttentionCapture`` fold over query-row chunks (never a T x T matrix) that
+reads each chunk once for all its statistics:
 
 * random-token sequences: offset profile P(d) (sink-free: key 0 dropped, rows renormalised),
   alpha_0, and content invariance CI = 1 - mean JSD between pairs of different random sequences;
@@ -26,85 +27,72 @@ import torch
 from . import data as pdata
 from .batching import run_batches
 from .progress import NO_PROGRESS
-from .reduce import offset_counts, offset_sums_rows, position_dependence_rows, row_jsd
+from .reduce import offset_aligned, offset_counts, offset_sums_aligned, position_dependence_aligned, row_jsd
 from .sites import AttentionCapture, AttentionStatistic, Capture, Context
 
 
 # ---------------------------------------------------------------------------- folds
 class OffsetProfile(AttentionStatistic):
     """Per sequence: offset sums [H, width] and counts [width] of the renormalised rows (key 0
-    dropped), and alpha_0 [H] (first-key mass over all queries, query 0 included)."""
+    dropped), and alpha_0 [H] (first-key mass over all queries, query 0 included).
 
-    def __init__(self, width: int):
-        self.width = width
+    Folded from the same renormalised, offset-aligned copy of each chunk (``offset_aligned``), so
+    one pass serves them all: with ``reference`` [n_layers, H, width], also ``pds`` [H], the
+    position-dependence score against that offset profile (NaN under 3 tokens); with ``paired``,
+    also ``jsd`` [H], the mean over queries i >= 1 of JSD(A^x[i,:], A^x'[i,:]) between sequences
+    2j and 2j+1 of the batch (equal lengths and padding), on sequence 2j's record (the raw
+    material of content invariance). Rows are causal: keys after a chunk's last query are zero
+    and are not read.
+    """
+
+    def __init__(self, width: int, reference: torch.Tensor | None = None, paired: bool = False):
+        self.width, self.reference, self.paired = width, reference, paired
 
     def start(self, ctx: Context):
         return {}
 
     def update(self, state, rows, start, ctx):
+        blocks = {}
         for b, block, first in ctx.sequence_rows(rows, start):
-            st = state.setdefault(b, {"sums": 0.0, "first": 0.0})
-            st["sums"] = st["sums"] + offset_sums_rows(block, first, min(self.width, block.shape[-1]))
-            st["first"] = st["first"] + block[:, :, 0].sum(-1)
+            st = state.get(b)
+            if st is None:
+                sums = torch.zeros(block.shape[0], min(self.width, block.shape[-1]), device=block.device)
+                st = state[b] = {"sums": sums, "first": 0.0, "tv": 0.0, "rows": 0.0, "jsd": None}
+            causal = block[..., : first + block.shape[1]]  # later keys are zero
+            blocks[b] = causal, first
+            # all offsets for the PDS, else only those the profile keeps
+            aligned, ok = offset_aligned(causal, first, None if self.reference is not None else self.width)
+            part = offset_sums_aligned(aligned, st["sums"].shape[1])
+            st["sums"][:, : part.shape[1]] += part
+            st["first"] = st["first"] + causal[:, :, 0].sum(-1)
+            if self.reference is not None:
+                tv, n = position_dependence_aligned(aligned, ok, first, self.reference[ctx.layer])
+                st["tv"], st["rows"] = st["tv"] + tv, st["rows"] + n
+        if self.paired:
+            batch = ctx.batch
+            for i in range(0, batch.size - 1, 2):
+                if i not in blocks or i + 1 not in blocks:
+                    continue
+                (a, first), (b, _) = blocks[i], blocks[i + 1]
+                if a.shape != b.shape or int(batch.offsets[i]) != int(batch.offsets[i + 1]):
+                    continue
+                skip = max(0, 1 - first)
+                jsd = row_jsd(a[:, skip:], b[:, skip:]).sum(-1)
+                state[i]["jsd"] = jsd if state[i]["jsd"] is None else state[i]["jsd"] + jsd
         return state
 
     def finish(self, state, ctx):
         out = []
         for b in sorted(state):
-            length = int(ctx.batch.lengths[b])
-            out.append({"sums": state[b]["sums"].cpu(), "counts": offset_counts(length, min(self.width, length)),
-                        "alpha0": (state[b]["first"] / length).cpu()})
-        return out
-
-
-class PairedRowJSD(AttentionStatistic):
-    """Mean over queries i >= 1 of JSD(A^x[i,:], A^x'[i,:]) for sequences 2j and 2j+1 of the batch
-    (equal lengths and padding), the raw material of content invariance: [pairs] of [H]."""
-
-    def start(self, ctx: Context):
-        return {}
-
-    def update(self, state, rows, start, ctx):
-        blocks = {b: (block, first) for b, block, first in ctx.sequence_rows(rows, start)}
-        batch = ctx.batch
-        for i in range(0, batch.size - 1, 2):
-            if i not in blocks or i + 1 not in blocks:
-                continue
-            (a, first), (b, _) = blocks[i], blocks[i + 1]
-            if a.shape != b.shape or int(batch.offsets[i]) != int(batch.offsets[i + 1]):
-                continue
-            skip = max(0, 1 - first)
-            state[i] = state.get(i, 0.0) + row_jsd(a[:, skip:], b[:, skip:]).sum(-1)
-        return state
-
-    def finish(self, state, ctx):
-        return [(state[i] / max(int(ctx.batch.lengths[i]) - 1, 1)).cpu() for i in sorted(state)]
-
-
-class PositionDependence(AttentionStatistic):
-    """Per sequence: PDS [H] against a given offset profile [n_layers, H, width] (NaN if < 3 tokens)."""
-
-    def __init__(self, profile: torch.Tensor):
-        self.profile = profile
-
-    def start(self, ctx: Context):
-        return {}
-
-    def update(self, state, rows, start, ctx):
-        for b, block, first in ctx.sequence_rows(rows, start):
-            tv, n = position_dependence_rows(block, first, self.profile[ctx.layer])
-            old = state.get(b, (0.0, 0.0))
-            state[b] = (old[0] + tv, old[1] + n)
-        return state
-
-    def finish(self, state, ctx):
-        out = []
-        for b in sorted(state):
-            tv, n = state[b]
-            if int(ctx.batch.lengths[b]) < 3:
-                out.append(torch.full((ctx.facts.n_heads,), float("nan")))
-            else:
-                out.append((1.0 - tv / n.clamp(min=1)).cpu())
+            st, length = state[b], int(ctx.batch.lengths[b])
+            record = {"sums": st["sums"].cpu(), "counts": offset_counts(length, min(self.width, length)),
+                      "alpha0": (st["first"] / length).cpu()}
+            if self.reference is not None:
+                record["pds"] = (torch.full((ctx.facts.n_heads,), float("nan")) if length < 3
+                                 else (1.0 - st["tv"] / st["rows"].clamp(min=1)).cpu())
+            if self.paired:
+                record["jsd"] = None if st["jsd"] is None else (st["jsd"] / max(length - 1, 1)).cpu()
+            out.append(record)
         return out
 
 
@@ -213,24 +201,25 @@ def measure_head_statistics(
         return [out for _, _, out in run_batches(model, seqs, captures, batch_size=size, padding_side=padding_side,
                                                  progress=progress)]
 
-    random_out = run(inputs.random, [AttentionCapture("profile", OffsetProfile(width)),
-                                     AttentionCapture("jsd", PairedRowJSD())], max(2, batch_size - batch_size % 2))
+    random_out = run(inputs.random, [AttentionCapture("profile", OffsetProfile(width, paired=True))],
+                     max(2, batch_size - batch_size % 2))
     profile_random, alpha0_random = _fold_profiles(random_out, L, H, width)
     jsd_sum, jsd_n = torch.zeros(L, H), 0
     for out in random_out:
-        for layer, pairs in out["jsd"].items():
-            for value in pairs:
-                jsd_sum[layer] += value
-        jsd_n += len(out["jsd"][0])
+        for layer, per_seq in out["profile"].items():
+            for record in per_seq:
+                if record["jsd"] is not None:
+                    jsd_sum[layer] += record["jsd"]
+        jsd_n += sum(record["jsd"] is not None for record in out["profile"][0])
 
     extra = natural_captures(profile_random) if natural_captures else []
-    natural_out = run(inputs.natural, [AttentionCapture("profile", OffsetProfile(width)),
-                                       AttentionCapture("pds", PositionDependence(profile_random)), *extra], batch_size)
+    natural_out = run(inputs.natural, [AttentionCapture("profile", OffsetProfile(width, reference=profile_random)),
+                                       *extra], batch_size)
     profile_natural, alpha0_natural = _fold_profiles(natural_out, L, H, width)
     pds_sum, pds_n = torch.zeros(L, H), torch.zeros(L, H)
     for out in natural_out:
-        for layer, per_seq in out["pds"].items():
-            for pds in per_seq:
+        for layer, per_seq in out["profile"].items():
+            for pds in (record["pds"] for record in per_seq):
                 ok = ~torch.isnan(pds)
                 pds_sum[layer][ok] += pds[ok]
                 pds_n[layer][ok] += 1
@@ -264,8 +253,7 @@ def measure_head_statistics(
                 "induction_score": float(ind_sum[layer, head] / max(rep_n, 1)),
             })
     return HeadStatistics(pd.DataFrame(rows), profile_random, profile_natural,
-                          [{k: v for k, v in out.captured.items() if k not in ("profile", "pds")} for out in natural_out])
+                          [{k: v for k, v in out.captured.items() if k != "profile"} for out in natural_out])
 
 
-__all__ = ["HeadInputs", "HeadStatistics", "OffsetProfile", "PairedRowJSD", "PositionDependence", "RepeatScores",
-           "measure_head_statistics"]
+__all__ = ["HeadInputs", "HeadStatistics", "OffsetProfile", "RepeatScores", "measure_head_statistics"]

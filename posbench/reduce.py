@@ -3,7 +3,6 @@ returns small per-head statistics, so probes can reduce while hooks fire."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,27 +19,45 @@ def _row_chunks(length: int):
         yield start, min(length, start + ROW_CHUNK)
 
 
-def renormalise_without_first(rows: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop key 0 (the sink) and renormalise each row. rows [H, n, L] -> (Ã [H, n, L], row_ok [H, n])."""
+def offset_aligned(rows: torch.Tensor, first: int, width: int | None = None,
+                   eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ã (key 0 dropped, rows renormalised) of a chunk of causal rows, indexed by offset.
+
+    rows [H, n, L] are queries ``first .. first+n-1`` over keys ``0 .. L-1``. Returns
+    (R [H, n, D], row_ok [H, n]) with D = first + n (or ``width`` if smaller: offsets d < width
+    only) and R[h, i, D-1-d] = Ã[h, first+i, first+i-d] for 0 <= d <= D-1 (0 where that key would
+    be < 1). Offsets run backwards so that R is a strided view of one left-padded copy of the rows
+    (the skew of Transformer-XL's relative shift): no index tensor, no gather, and only the keys
+    within D of each query are read.
+    """
+    heads, n, _ = rows.shape
+    width = first + n if width is None else min(width, first + n)
+    base = first - width + 1  # the key in column 0 of the copy (negative: left padding)
     rest = 1.0 - rows[..., 0]
     ok = rest > eps
-    out = rows / rest.clamp(min=eps).unsqueeze(-1)
-    out[..., 0] = 0.0
-    return out * ok.unsqueeze(-1), ok
+    padded = rows.new_empty(heads, n, n - 1 + width)
+    pad = max(0, -base)
+    padded[..., :pad] = 0.0
+    torch.div(rows[..., base + pad : first + n], rest.clamp(min=eps).unsqueeze(-1), out=padded[..., pad:])
+    if base <= 0:
+        padded[..., -base] = 0.0  # key 0
+    if not bool(ok.all()):
+        padded.mul_(ok.unsqueeze(-1))
+    return padded.as_strided((heads, n, width), (padded.stride(0), padded.stride(1) + 1, 1)), ok
+
+
+def offset_sums_aligned(aligned: torch.Tensor, width: int) -> torch.Tensor:
+    """Sums over the rows of ``offset_aligned``'s R of each offset d < width: [H, n, D] -> [H, min(width, D)]."""
+    return aligned.sum(1).flip(-1)[:, :width]
 
 
 def offset_sums_rows(rows: torch.Tensor, first: int, width: int) -> torch.Tensor:
-    """Offset sums of a chunk of rows: rows [H, n, L] are queries first .. first+n-1 of a block
-    of L keys; returns sums [H, width] of Ã[i, i - d] over those rows (key 0 excluded, rows
+    """Offset sums of a chunk of causal rows: rows [H, n, L] are queries first .. first+n-1 of a
+    block of L keys; returns sums [H, width] of Ã[i, i - d] over those rows (key 0 excluded, rows
     renormalised without it)."""
-    heads, n, length = rows.shape
-    sums = torch.zeros(heads, width, device=rows.device)
-    keys = torch.arange(length, device=rows.device)
-    norm, _ = renormalise_without_first(rows)
-    delta = torch.arange(first, first + n, device=rows.device)[:, None] - keys[None, :]
-    keep = (delta >= 0) & (delta < width) & (keys[None, :] >= 1)
-    index = delta.clamp(0, width - 1).reshape(1, -1).expand(heads, -1)
-    sums.scatter_add_(1, index, (norm * keep).reshape(heads, -1))
+    sums = torch.zeros(rows.shape[0], width, device=rows.device)
+    part = offset_sums_aligned(offset_aligned(rows, first, width)[0], width)
+    sums[:, : part.shape[1]] = part
     return sums
 
 
@@ -90,45 +107,58 @@ def self_and_previous(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return p0.cpu(), (s1 / (length - 2)).cpu()
 
 
+def _xlog2x(x: torch.Tensor) -> torch.Tensor:
+    """x log2 x, elementwise, with 0 log 0 = 0 (a fresh tensor)."""
+    return x.clamp(min=torch.finfo(x.dtype).tiny).log2_().mul_(x)
+
+
 def row_jsd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence in bits between matching rows: [H, L, L] -> [H, L], in [0, 1]."""
+    """Jensen-Shannon divergence in bits between matching rows: [H, L, K] -> [H, L], in [0, 1].
+
+    Per key 0.5 p log p + 0.5 q log q - m log m with m = (p + q) / 2 (three logarithms, none of a
+    ratio; a denormal p or m contributes ~1e-45, not the +inf a log(p / m) could give)."""
     out = []
     for r0, r1 in _row_chunks(p.shape[-2]):
-        a, b = p[:, r0:r1], q[:, r0:r1]
-        # a denormal a (a sharply peaked softmax) would make m underflow to 0 and the KL +inf; its
-        # true contribution a * log(a / m) is ~1e-45
-        m = (0.5 * (a + b)).clamp(min=torch.finfo(a.dtype).tiny)
-        kl_a = torch.special.xlogy(a, a) - torch.special.xlogy(a, m)
-        kl_b = torch.special.xlogy(b, b) - torch.special.xlogy(b, m)
-        out.append((0.5 * (kl_a + kl_b)).sum(-1).clamp(min=0) / math.log(2))
+        a, b = p[..., r0:r1, :], q[..., r0:r1, :]
+        mid = torch.add(a, b).mul_(0.5)
+        terms = _xlog2x(a).add_(_xlog2x(b)).mul_(0.5).sub_(_xlog2x(mid))
+        out.append(terms.sum(-1).clamp_(min=0))
     return torch.cat(out, dim=-1)
 
 
-def offset_prediction(profile: torch.Tensor, queries: torch.Tensor, length: int) -> torch.Tensor:
-    """Rows predicted from an offset profile: pred[h, i, j] ∝ P_h(i - j) for 1 <= j <= i."""
-    width = profile.shape[-1]
-    keys = torch.arange(length, device=profile.device)
-    delta = queries[:, None] - keys[None, :]
-    allowed = (delta >= 0) & (keys[None, :] >= 1)
-    pred = profile[:, delta.clamp(0, width - 1)] * allowed
-    return pred / pred.sum(-1, keepdim=True).clamp(min=1e-12)
+def position_dependence_aligned(
+    aligned: torch.Tensor, ok: torch.Tensor, first: int, profile: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total-variation sums of ``offset_aligned`` rows (queries first ..) against the rows an
+    offset profile [H, width] predicts, pred_i(d) = P(d) / sum_{d' < i} P(d') for 0 <= d < i
+    (keys 1 .. i): (sum over queries i >= 2 of TV(Ã_i, pred_i) [H], number of usable rows [H])."""
+    heads, n, width = aligned.shape
+    if width != first + n:
+        raise ValueError("position_dependence_aligned needs every offset: call offset_aligned without width")
+    skip = max(0, 2 - first)
+    if skip >= n:
+        zero = torch.zeros(heads, device=aligned.device)
+        return zero, zero.clone()
+    profile = profile.to(aligned.device)
+    if profile.shape[-1] < width:  # offsets past the profile read its last entry
+        profile = torch.cat([profile, profile[:, -1:].expand(-1, width - profile.shape[-1])], dim=-1)
+    profile = profile[:, :width]
+    norm = profile.cumsum(-1)[:, first - 1 + skip : first - 1 + n].clamp(min=1e-12)  # sum_{d < i} P(d)
+    pred = profile.flip(-1).unsqueeze(1) / norm.unsqueeze(-1)  # [H, n - skip, D], offsets backwards
+    queries = torch.arange(skip, n, device=aligned.device).unsqueeze(-1)
+    pred[..., :n].masked_fill_(torch.arange(n, device=aligned.device) <= n - 1 - queries, 0.0)  # d >= i
+    tv = pred.sub_(aligned[:, skip:]).abs_().sum(-1).mul_(0.5)
+    ok = ok[:, skip:]
+    return (tv * ok).sum(-1), ok.sum(-1).to(tv.dtype)
 
 
 def position_dependence_rows(
     rows: torch.Tensor, first: int, profile: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total-variation sums of a chunk of rows against the rows an offset profile predicts:
+    """Total-variation sums of a chunk of causal rows against the rows an offset profile predicts:
     (sum over queries i >= 2 of TV(Ã_i, predicted_i) [H], number of usable rows [H])."""
-    heads, n, length = rows.shape
-    skip = max(0, 2 - first)
-    if skip >= n:
-        zero = torch.zeros(heads, device=rows.device)
-        return zero, zero.clone()
-    rows, first = rows[:, skip:], first + skip
-    norm, ok = renormalise_without_first(rows)
-    pred = offset_prediction(profile.to(rows.device), torch.arange(first, first + rows.shape[1], device=rows.device), length)
-    tv = 0.5 * (norm - pred).abs().sum(-1)
-    return (tv * ok).sum(-1), ok.sum(-1).to(tv.dtype)
+    aligned, ok = offset_aligned(rows, first)
+    return position_dependence_aligned(aligned, ok, first, profile)
 
 
 def position_dependence(block: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:

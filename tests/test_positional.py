@@ -18,7 +18,8 @@ from posbench.planted import plant_offset_head
 from posbench.probes.positional_heads import PositionalHeadsProbe
 from posbench.probes.rope_usage import RopeUsageProbe
 from posbench.sites import Capture
-from posbench.reduce import offset_sums, pair_scores, position_dependence, rotary_pairs, self_and_previous
+from posbench.reduce import (offset_sums, offset_sums_rows, pair_scores, position_dependence, position_dependence_rows,
+                             rotary_pairs, row_jsd, self_and_previous)
 
 
 # ----------------------------------------------------------------------------- hand cases
@@ -35,6 +36,46 @@ def test_offset_profile_hand_case():
     # PDS against its own profile P = [.5, .75, 0]: row 2 predicted [.6, .4] vs [.5, .5] (TV .1),
     # row 3 predicted [0, .6, .4] vs [0, 1, 0] (TV .4): PDS = 1 - (.1 + .4) / 2
     assert position_dependence(a, sums / counts.clamp(min=1)).item() == pytest.approx(0.75, abs=1e-6)
+
+
+def _causal_rows(heads: int, length: int, seed: int) -> torch.Tensor:
+    """Random causal softmax rows [H, L, L] with sharp and flat heads, one head that puts all of a
+    few rows on key 0 (rows the renormalisation must drop) and exact zeros past each query."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(heads, length, length, generator=gen) * torch.tensor([0.5, 3.0, 12.0])[:heads, None, None]
+    scores[2, ::5, 0] = 1e4
+    return torch.softmax(scores.masked_fill(torch.ones(length, length).triu(1).bool(), float("-inf")), -1)
+
+
+def test_chunked_row_statistics_equal_gather_based_reference():
+    """The offset-aligned (strided view) offset sums and PDS, and the three-logarithm JSD, against
+    the direct definitions (index gathers, xlogy of ratios) on chunks that start mid-block."""
+    rows, other = _causal_rows(3, 40, 0), _causal_rows(3, 40, 1)
+    rest = (1 - rows[..., 0]).clamp(min=1e-6)
+    norm = (rows / rest[..., None]).index_fill(-1, torch.tensor([0]), 0.0) * (rest > 1e-6)[..., None]
+    keys, width = torch.arange(40), 40
+    profile = torch.rand(3, width)
+    for first, n in ((0, 7), (1, 1), (2, 9), (13, 16), (30, 10)):
+        chunk, queries = rows[:, first : first + n], torch.arange(first, first + n)
+        delta = queries[:, None] - keys[None, :]
+        expected = torch.zeros(3, width)
+        for d in range(width):
+            expected[:, d] = (norm[:, first : first + n] * ((delta == d) & (keys >= 1))).sum((-1, -2))
+        for kept in (width, 5):  # every offset, and only the first few
+            torch.testing.assert_close(offset_sums_rows(chunk, first, kept), expected[:, :kept], rtol=1e-6, atol=1e-6)
+        allowed = (delta >= 0) & (keys[None, :] >= 1)
+        pred = profile[:, delta.clamp(0, width - 1)] * allowed
+        pred = pred / pred.sum(-1, keepdim=True).clamp(min=1e-12)
+        tv = 0.5 * (norm[:, first : first + n] - pred).abs().sum(-1)
+        use = (queries >= 2) & (rest[:, first : first + n] > 1e-6)
+        got_tv, got_n = position_dependence_rows(chunk, first, profile)
+        torch.testing.assert_close(got_tv, (tv * use).sum(-1), rtol=1e-5, atol=1e-6)
+        assert got_n.tolist() == use.sum(-1).float().tolist()
+    a, b = rows, other
+    m = (0.5 * (a + b)).clamp(min=torch.finfo(a.dtype).tiny)
+    direct = 0.5 * (torch.special.xlogy(a, a) - torch.special.xlogy(a, m) + torch.special.xlogy(b, b)
+                    - torch.special.xlogy(b, m)).sum(-1) / math.log(2)
+    torch.testing.assert_close(row_jsd(a, b), direct.clamp(min=0), rtol=1e-5, atol=1e-6)
 
 
 def test_rotate_half_pairing():

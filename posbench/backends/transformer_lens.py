@@ -116,6 +116,7 @@ class TransformerLensBackend(Backend):
         self.attn_implementation = check_attn_implementation(attn_implementation)
         self._firing: dict[bool, frozenset[str]] = {}
         self._facts: ModelFacts | None = None
+        self._inv_freq_owners: dict[str, torch.nn.Module] | None = None
         self.row_chunk = ROW_CHUNK
 
     @classmethod
@@ -175,6 +176,8 @@ class TransformerLensBackend(Backend):
             def note(name):
                 def hook(x, hook):
                     fired.add(name)
+                    if name == _HOOKS["final_norm"]:  # nothing fires after it: skip the unembedding
+                        raise _StopForward         # (a vocab x d matmul that pages in the whole matrix)
                     return x
 
                 return hook
@@ -189,6 +192,8 @@ class TransformerLensBackend(Backend):
                         ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(2, device=self._device)[None],
                         fwd_hooks=[(name, note(name)) for name in sorted(names & set(self.bridge.hook_dict))],
                     )
+            except _StopForward:
+                pass
             finally:
                 self.bridge.reset_hooks(including_permanent=False)
             self._firing[fast] = frozenset(fired)
@@ -549,12 +554,17 @@ class TransformerLensBackend(Backend):
         if self.card.position_encoding != "rope":
             return None
         layer_type = self.card.layer_types[layer]
-        buffers = {
-            name.rsplit(".", 1)[-1]: buf
-            for name, buf in self.hf_model.named_buffers()
-            if "rotary_emb" in name and name.endswith("inv_freq") and "original_inv_freq" not in name.rsplit(".", 1)[-1]
-        }
-        freq = buffers.get(f"{layer_type}_inv_freq", buffers.get("inv_freq"))
+        if self._inv_freq_owners is None:  # which module holds each buffer, found once (walking every
+            # module is slow); the buffer is read at each call (dynamic RoPE re-registers it)
+            self._inv_freq_owners = {
+                name.rsplit(".", 1)[-1]: module
+                for module_name, module in self.hf_model.named_modules()
+                for name, _ in module.named_buffers(prefix=module_name, recurse=False)
+                if "rotary_emb" in name and name.endswith("inv_freq") and "original_inv_freq" not in name.rsplit(".", 1)[-1]
+            }
+        owners = self._inv_freq_owners
+        name = f"{layer_type}_inv_freq" if f"{layer_type}_inv_freq" in owners else "inv_freq"
+        freq = getattr(owners[name], name) if name in owners else None
         return None if freq is None else freq.detach().float().cpu()
 
     def rotary_attention_factor(self, layer: int) -> float:

@@ -81,30 +81,54 @@ def condition_name(fraction: float, highest: bool) -> str:
     return f"position-free {'highest' if highest else 'lowest'} {fraction:g}"
 
 
-def _measure(model, seqs, offset_heads, batch_size, padding_side, bar, loss_stride=1):
-    """Loss (all positions, second half) and P(d*) of each offset head, under the active interventions."""
-    width = max([d for _, _, d in offset_heads], default=0) + 1
-    layers = tuple(sorted({layer for layer, _, _ in offset_heads}))
-    # profiles only where an offset head sits: other layers then need no attention rows at all
-    captures = [Capture("nll", "final_norm", lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch, stride=loss_stride))]
-    if layers:
-        captures.append(AttentionCapture("profile", OffsetProfile(width), layers=layers))
-    sums, counts = 0.0, 0.0
-    prof_sums, prof_counts = torch.zeros(model.n_layers, model.n_heads, width), torch.zeros(model.n_layers, width)
-    for _, _, out in run_batches(model, seqs, captures, batch_size=batch_size, padding_side=padding_side, progress=bar):
-        s, c = out["nll"]
+def _profile_width(offset_heads) -> int:
+    return max([d for _, _, d in offset_heads], default=0) + 1
+
+
+def baseline_captures(offset_heads=None, loss_stride: int = 1) -> list:
+    """What a pass needs to carry to serve as the band test's baseline: the next-token loss by
+    position (every ``loss_stride``-th position) and, given ``offset_heads`` ((layer, head, d*)),
+    the offset profile up to their largest d* in the layers where they sit (other layers then need
+    no attention rows; without: the caller has the pass's profile already). ``band_result`` reads
+    them back."""
+    loss = Capture("band_nll", "final_norm",
+                   lambda h, ctx: nll_by_position(ctx.unembed, h, ctx.batch, stride=loss_stride))
+    layers = tuple(sorted({layer for layer, _, _ in offset_heads or ()}))
+    if not layers:
+        return [loss]
+    return [AttentionCapture("band_profile", OffsetProfile(_profile_width(offset_heads)), layers=layers), loss]
+
+
+def band_result(outputs, offset_heads, profile: torch.Tensor | None = None) -> dict[str, float]:
+    """Loss (all positions, second half) and the offset heads' mean P(d*) from the captured outputs
+    of passes that carried ``baseline_captures`` (``profile`` [L, H, width]: use it for P(d*)
+    instead of the captured one, e.g. the same pass's full offset profile)."""
+    sums, counts, captured = 0.0, 0.0, []
+    for out in outputs:
+        s, c = out["band_nll"]
         sums, counts = _add(sums, s), _add(counts, c)
-        for layer, per_seq in out.captured.get("profile", {}).items():
-            for r in per_seq:
-                k = r["sums"].shape[1]
-                prof_sums[layer, :, :k] += r["sums"]
-                prof_counts[layer, :k] += r["counts"]
-    profile = prof_sums / prof_counts.clamp(min=1).unsqueeze(1)
+        captured += [(layer, r) for layer, per_seq in out.get("band_profile", {}).items() for r in per_seq]
+    if profile is None and captured:
+        n_layers, width = 1 + max(layer for layer, _ in captured), _profile_width(offset_heads)
+        prof_sums, prof_counts = torch.zeros(n_layers, captured[0][1]["sums"].shape[0], width), torch.zeros(n_layers, width)
+        for layer, r in captured:
+            k = r["sums"].shape[1]
+            prof_sums[layer, :, :k] += r["sums"]
+            prof_counts[layer, :k] += r["counts"]
+        profile = prof_sums / prof_counts.clamp(min=1).unsqueeze(1)
     half = len(sums) // 2
-    scores = [float(profile[layer, head, d]) for layer, head, d in offset_heads]
+    scores = [float(profile[layer, head, d]) for layer, head, d in offset_heads] if profile is not None else []
     return {"loss": float(sums.sum() / counts.sum().clamp(min=1)),
             "loss_second_half": float(sums[half:].sum() / counts[half:].sum().clamp(min=1)),
             "positional_head_score": sum(scores) / len(scores) if scores else float("nan")}
+
+
+def _measure(model, seqs, offset_heads, batch_size, padding_side, bar, loss_stride=1):
+    """``band_result`` of one pass over ``seqs`` under the active interventions."""
+    captures = baseline_captures(offset_heads, loss_stride)
+    outputs = [out.captured for _, _, out in run_batches(model, seqs, captures, batch_size=batch_size,
+                                                         padding_side=padding_side, progress=bar)]
+    return band_result(outputs, offset_heads)
 
 
 def _add(acc, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +143,7 @@ def _add(acc, x: torch.Tensor) -> torch.Tensor:
 def band_effects(model, seqs: Sequence[Sequence[int]], offset_heads: Sequence[tuple[int, int, int]],
                  pairs: pd.DataFrame, fractions: Sequence[float], *, batch_size: int = 1,
                  padding_side: str = "right", bar=NO_PROGRESS, bands: Sequence[str] = ("lowest", "highest"),
-                 loss_stride: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 loss_stride: int = 1, baseline: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The p-RoPE band test: baseline, then each fraction's lowest and highest band position-free.
 
     ``offset_heads`` are (layer, head, d*) of the heads whose P(d*) is tracked (the taxonomy's
@@ -128,9 +152,12 @@ def band_effects(model, seqs: Sequence[Sequence[int]], offset_heads: Sequence[tu
     mean P(d*) and its change, the band's largest turn across the evaluated span), and per
     condition and layer type the band's turn angles (``band_turns``). ``bands`` picks which ends
     are tested; ``loss_stride`` > 1 scores the loss on every stride-th position only (long runs
-    on large vocabularies, see ``nll_by_position``).
+    on large vocabularies, see ``nll_by_position``). ``baseline``: the ``band_result`` of a pass
+    over the same ``seqs`` (same batches, same stride) that the caller already ran with
+    ``baseline_captures``; the baseline pass is then not repeated.
     """
-    base = _measure(model, seqs, offset_heads, batch_size, padding_side, bar, loss_stride)
+    base = baseline if baseline is not None else _measure(model, seqs, offset_heads, batch_size, padding_side, bar,
+                                                          loss_stride)
     rows = [{"condition": "none", "band": "", "fraction": 0.0, **base, "max_turn_over_span": 0.0, "intervention": ""}]
     turns = []
     for fraction in fractions:
@@ -154,4 +181,4 @@ def band_effects(model, seqs: Sequence[Sequence[int]], offset_heads: Sequence[tu
     return effects[order], (pd.concat(turns, ignore_index=True) if turns else pd.DataFrame(columns=turn_cols))
 
 
-__all__ = ["band_effects", "band_turns", "condition_name", "layer_span", "pair_table"]
+__all__ = ["band_effects", "band_result", "band_turns", "baseline_captures", "condition_name", "layer_span", "pair_table"]

@@ -42,7 +42,7 @@ from posbench.rope_theory import base_feasibility
 from posbench.rope_theory.dope import band_entropy_table, gram_capture, head_score_table, merge_grams, outlier_bands
 from posbench.sites import AttentionCapture
 
-from .bands import band_effects, pair_table
+from .bands import band_effects, band_result, baseline_captures, pair_table
 from .statistics import RopeUsageStatistic
 
 QK_BANDS = ("low", "high", "all")
@@ -115,25 +115,29 @@ class RopeUsageProbe(Probe):
         L = model.n_layers
         bands = {layer: _quarters(model, layer) for layer in range(L)}
         own_pass = natural is not inputs.natural
-        bar = Progress(len(inputs) + len(natural) * (own_pass + 1 + 2 * len(c.band_fractions)),
+        bar = Progress(len(inputs) + len(natural) * (own_pass + 2 * len(c.band_fractions)),
                        f"rope usage on {model.model_id}", enabled=progress)
         offsets: dict[str, torch.Tensor] = {}
 
-        def usage_captures(profile_random):
+        def usage_captures(profile_random, band_heads=None):
             offsets["d"] = profile_random[..., : c.max_offset + 1].argmax(-1)
             return [AttentionCapture("usage", RopeUsageStatistic(offsets["d"], bands)),
-                    gram_capture("rot_q"), gram_capture("rot_k")]
+                    gram_capture("rot_q"), gram_capture("rot_k"),
+                    *(baseline_captures(band_heads) if c.band_fractions else [])]
 
+        # the pass over `natural` with the frequency statistics is also the band test's baseline
         stats = measure_head_statistics(model, inputs, batch_size=c.batch_size, padding_side=c.padding_side,
                                         progress=bar, window=c.window,
                                         natural_captures=None if own_pass else usage_captures)
+        heads = head_traits(stats.table, thresholds_of(c))
+        offset_heads = [(int(r.layer), int(r.head), int(r.offset)) for r in heads.itertuples()
+                        if r.primary in OFFSET_LABELS]
         outputs = stats.natural_outputs
         if own_pass:  # long sequences: the frequency statistics get their own pass at seq_len
-            captures = usage_captures(stats.profile_random)
+            captures = usage_captures(stats.profile_random, offset_heads)
             outputs = [out.captured for _, _, out in run_batches(model, natural, captures, batch_size=c.batch_size,
                                                                  padding_side=c.padding_side, progress=bar)]
         usage, grams = _fold(outputs, L)
-        heads = head_traits(stats.table, thresholds_of(c))
         pairs = pair_table(model, max(len(s) for s in natural), c.position_free_rotation)
         heads, head_pairs = self._usage_tables(model, heads, pairs, usage, offsets["d"], bands)
         dope_bands, dope_heads = self._dope_tables(model, grams, heads)
@@ -142,11 +146,10 @@ class RopeUsageProbe(Probe):
         tables = {"heads": heads, "head_pairs": head_pairs, "pairs": pairs, "dope_bands": dope_bands,
                   "dope_heads": dope_heads, "base_feasibility": feasibility}
         if c.band_fractions:
-            offset_heads = [(int(r.layer), int(r.head), int(r.offset)) for r in heads.itertuples()
-                            if r.primary in OFFSET_LABELS]
+            baseline = band_result(outputs, offset_heads, None if own_pass else stats.profile_natural)
             tables["band_effects"], tables["band_turns"] = band_effects(
                 model, natural, offset_heads, pairs, c.band_fractions, batch_size=c.batch_size,
-                padding_side=c.padding_side, bar=bar)
+                padding_side=c.padding_side, bar=bar, baseline=baseline)
         bar.close()
         summary = self._summary(model, tables)
         record = {**inputs.record(), "seq_len": c.seq_len, "taxonomy_len": head_len, "bos_prepended": model.card.adds_bos}

@@ -63,11 +63,12 @@ class RopeUsageStatistic(AttentionStatistic):
             state["q_energy"] += _with_rest(qp.square().sum(-1), q[..., 2 * P :].square().sum(-1)).sum(1).cpu()
             state["k_energy"] += _with_rest(kp.square().sum(-1), k_own[..., 2 * P :].square().sum(-1)).sum(1).cpu()
             state["tokens"] += n
-            prod = q * (blk @ k) * scaling  # attention-weighted keys
+            seen = first + n  # causal rows: keys after the chunk's last query carry no attention
+            prod = q * (blk[..., :seen] @ k[:, :seen]) * scaling  # attention-weighted keys
             contrib = _with_rest(rotary_pairs(prod, P).sum(-1), prod[..., 2 * P :].sum(-1))
             state["contrib"] += contrib.sum(1).cpu()
             state["contrib_abs"] += contrib.abs().sum(1).cpu()
-            k_top = torch.gather(k, 1, blk.argmax(-1).unsqueeze(-1).expand(-1, -1, k.shape[-1]))
+            k_top = torch.gather(k, 1, blk[..., :seen].argmax(-1).unsqueeze(-1).expand(-1, -1, k.shape[-1]))
             prod = q * k_top * scaling
             state["top_abs"] += _with_rest(rotary_pairs(prod, P).sum(-1), prod[..., 2 * P :].sum(-1)).abs().sum(1).cpu()
             # q ~ k: query i against key i - d* of its own head
