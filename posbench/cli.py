@@ -291,7 +291,7 @@ def _plan_showcases(store, model: _ReportModel, plain: list[_PlannedRun], args, 
     if args.no_showcase:
         return [], {}
     ran = {p.probe.name: p.probe for p in plain}
-    runs, not_shown = showcases(ran, asked=[iv.name for iv in interventions])
+    runs, not_shown = showcases(ran, asked=[iv.name for iv in interventions], suite=args.suite)
     plan = []
     for probe_name, iv in runs:
         run_id = _stored_run_id(store, model, ran[probe_name], (iv,), args)

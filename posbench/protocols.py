@@ -74,6 +74,7 @@ class Intervention(ABC):
     # probe; None with ``showcase_note`` saying where else it is seen (or what it needs).
     showcase: ClassVar[tuple[str, str] | None] = None
     showcase_note: ClassVar[str] = ""
+    showcase_suite: ClassVar[str] = "standard"  # "full": only ``--suite full`` runs the showcase (costly ones)
     # Packed scoring rows (several continuations behind a key mask, each branch's position ids
     # restarting at the prompt's end: ``posbench.scoring``) give under this intervention what one
     # row per continuation gives; ``pack="auto"`` packs only when every active one says so.

@@ -90,11 +90,13 @@ def _table_names(results: Sequence[ProbeResult]) -> dict[tuple[int, str], str]:
 
 
 # ---------------------------------------------------------------------------- interventions
-def showcases(ran: Iterable[str], asked: Iterable[str] = ()) -> tuple[list[tuple[str, "Intervention"]], dict[str, str]]:
+def showcases(ran: Iterable[str], asked: Iterable[str] = (), suite: str = "standard"
+              ) -> tuple[list[tuple[str, "Intervention"]], dict[str, str]]:
     """Each registered intervention through the probe it declares (``Intervention.showcase``) for
     the "With and without interventions" section: the (probe, intervention) runs to make, and for
     every other intervention why it is not shown. ``ran``: the probes of this report; ``asked``:
-    names of interventions the user passed (``--intervention``), which replace their showcase."""
+    names of interventions the user passed (``--intervention``), which replace their showcase;
+    costly showcases (``showcase_suite = "full"``) run with ``suite="full"`` only."""
     from .registry import interventions
 
     ran, asked = set(ran), set(asked)
@@ -106,6 +108,8 @@ def showcases(ran: Iterable[str], asked: Iterable[str] = ()) -> tuple[list[tuple
             notes[name] = cls.showcase_note or "no default showcase; pass it with --intervention"
         elif cls.showcase[0] not in ran:
             notes[name] = f"shown through {cls.showcase[0]}, which this report does not run"
+        elif cls.showcase_suite == "full" and suite != "full":
+            notes[name] = f"shown through {cls.showcase[0]} with --suite full (a costly run)"
         else:
             runs.append((cls.showcase[0], cls.from_spec(cls.showcase[1])))
     return runs, notes

@@ -84,6 +84,7 @@ def test_report_shows_every_intervention_through_its_probe(tmp_path, monkeypatch
         assert run["probe"] == interventions()[name].showcase[0]
     assert {"pine", "position-shift", "ablate-heads", "rope-position-free"} <= set(shown)
     assert "refusal" in machine["interventions_not_shown"]["ablate-direction"]
+    assert "--suite full" in machine["interventions_not_shown"]["shared-positions"], "costly: full suite only"
     plain, shifted = machine["probes"]["sinks"]["summary"], shown["position-shift"]["summary"]
     assert shifted["sink_rate_natural_pct"] == pytest.approx(plain["sink_rate_natural_pct"], abs=1e-6)
     assert shifted["mean_first_mass_natural_layers2+"] == pytest.approx(plain["mean_first_mass_natural_layers2+"], abs=1e-4)

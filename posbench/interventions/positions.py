@@ -110,6 +110,7 @@ class SharedPositions(_PositionIdEdit):
 
     name = "shared-positions"
     showcase = ("position-bias", "")
+    showcase_suite = "full"  # scored one row per answer (no packing): ~4x the plain position-bias run
     summary = "chosen segments start at the same position id (parallel segments, Position Coupling style)"
     spec_help = "[segments=0,2]  e.g. shared-positions (all segments) or shared-positions:segments=1,2"
     Config = SharedPositionsConfig
