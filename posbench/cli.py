@@ -272,8 +272,10 @@ def _stored_run_id(store, model: _ReportModel, probe, interventions, args) -> st
     if run_id is None and described:
         # an intervention that calibrates on the model (DoPE's chosen masks) records more params
         # after it ran than it has before: a stored run matches when its params extend the spec's
+        runs = store.runs(model=model.model_id, probe=probe.name)
+        recorded = dict(zip(runs.run_id, runs.interventions))  # read from the index, no tables loaded
         for rid in store.intervened(model.model_id, probe.name, probe.get_params()):
-            stored = store.load(rid).interventions
+            stored = recorded[rid]
             if len(stored) == len(described) and all(
                 s["name"] == d["name"] and all(s["params"].get(k) == v for k, v in d["params"].items())
                 for s, d in zip(stored, described)
@@ -299,11 +301,15 @@ def _plan_showcases(store, model: _ReportModel, plain: list[_PlannedRun], args, 
             if run_id is None:
                 model.validate(iv)
         except PosbenchError as err:
-            not_shown[iv.name] = f"does not fit this model: {err}"
-            _say(f"posbench: not showing {iv.name}: {err}")
+            _not_showing(not_shown, iv, err)
             continue
         plan.append(_PlannedRun(ran[probe_name], (iv,), run_id))
     return plan, not_shown
+
+
+def _not_showing(not_shown: dict[str, str], intervention, err: PosbenchError) -> None:
+    not_shown[intervention.name] = f"does not fit this model: {err}"
+    _say(f"posbench: not showing {intervention.name}: {err}")
 
 
 def _announce(store, model: _ReportModel, plan: list[_PlannedRun]) -> float | None:
@@ -362,8 +368,7 @@ def _model_report(alias, out, store, args, interventions, unsaved):
         try:
             done.append((p, _stored_or_run(store, model, p, args, unsaved, speed)))
         except PosbenchError as err:  # a showcase that fits the model but not the probe's inputs
-            not_shown[p.interventions[0].name] = f"does not fit this model: {err}"
-            _say(f"posbench: not showing {p.interventions[0].name}: {err}")
+            _not_showing(not_shown, p.interventions[0], err)
     results = [r for p, r in done if not p.interventions]
     intervened = []
     for plain in [p for p in plan if not p.interventions]:
