@@ -27,11 +27,25 @@ import torch
 from . import data as pdata
 from .batching import run_batches
 from .progress import NO_PROGRESS
-from .reduce import offset_aligned, offset_counts, offset_sums_aligned, position_dependence_aligned, row_jsd
+from .reduce import (Workspace, offset_aligned, offset_counts, offset_sums_aligned, position_dependence_aligned,
+                     row_jsd)
 from .sites import AttentionCapture, AttentionStatistic, Capture, Context
 
 
 # ---------------------------------------------------------------------------- folds
+SUB_BLOCK = 1 << 18  # entries of a [H, rows, keys] sub-block folded at once: its temporaries stay in cache
+
+
+def _sub_blocks(causal: torch.Tensor):
+    """Row ranges ``[r0, r1)`` of a causal chunk [H, n, keys] with about ``SUB_BLOCK`` entries each.
+    The paired JSD reads every entry a dozen times (three logarithms and their sums); on a chunk
+    of 256 long rows (75 MB at 8k tokens) each pass would go to memory, on a sub-block to cache."""
+    heads, n, keys = causal.shape
+    step = max(1, min(n, SUB_BLOCK // max(heads * keys, 1)))
+    for r0 in range(0, n, step):
+        yield r0, min(n, r0 + step)
+
+
 class OffsetProfile(AttentionStatistic):
     """Per sequence: offset sums [H, width] and counts [width] of the renormalised rows (key 0
     dropped), and alpha_0 [H] (first-key mass over all queries, query 0 included).
@@ -42,17 +56,22 @@ class OffsetProfile(AttentionStatistic):
     also ``jsd`` [H], the mean over queries i >= 1 of JSD(A^x[i,:], A^x'[i,:]) between sequences
     2j and 2j+1 of the batch (equal lengths and padding), on sequence 2j's record (the raw
     material of content invariance). Rows are causal: keys after a chunk's last query are zero
-    and are not read.
+    and are not read; on a sliding-window layer neither are keys outside every row's window.
     """
 
     def __init__(self, width: int, reference: torch.Tensor | None = None, paired: bool = False):
         self.width, self.reference, self.paired = width, reference, paired
+        self.workspace = Workspace()  # the per-chunk temporaries, allocated once
 
     def start(self, ctx: Context):
         return {}
 
     def update(self, state, rows, start, ctx):
         blocks = {}
+        window = ctx.sliding_window  # entries further back are exactly zero: neither copied nor read
+        keep = None if self.reference is not None else self.width  # the PDS needs every offset
+        if window is not None:
+            keep = window if keep is None else min(keep, window)
         for b, block, first in ctx.sequence_rows(rows, start):
             st = state.get(b)
             if st is None:
@@ -60,13 +79,12 @@ class OffsetProfile(AttentionStatistic):
                 st = state[b] = {"sums": sums, "first": 0.0, "tv": 0.0, "rows": 0.0, "jsd": None}
             causal = block[..., : first + block.shape[1]]  # later keys are zero
             blocks[b] = causal, first
-            # all offsets for the PDS, else only those the profile keeps
-            aligned, ok = offset_aligned(causal, first, None if self.reference is not None else self.width)
+            st["first"] = st["first"] + causal[:, :, 0].sum(-1)
+            aligned, ok = offset_aligned(causal, first, keep, workspace=self.workspace)
             part = offset_sums_aligned(aligned, st["sums"].shape[1])
             st["sums"][:, : part.shape[1]] += part
-            st["first"] = st["first"] + causal[:, :, 0].sum(-1)
             if self.reference is not None:
-                tv, n = position_dependence_aligned(aligned, ok, first, self.reference[ctx.layer])
+                tv, n = position_dependence_aligned(aligned, ok, first, self.reference[ctx.layer], self.workspace)
                 st["tv"], st["rows"] = st["tv"] + tv, st["rows"] + n
         if self.paired:
             batch = ctx.batch
@@ -76,9 +94,14 @@ class OffsetProfile(AttentionStatistic):
                 (a, first), (b, _) = blocks[i], blocks[i + 1]
                 if a.shape != b.shape or int(batch.offsets[i]) != int(batch.offsets[i + 1]):
                     continue
-                skip = max(0, 1 - first)
-                jsd = row_jsd(a[:, skip:], b[:, skip:]).sum(-1)
-                state[i]["jsd"] = jsd if state[i]["jsd"] is None else state[i]["jsd"] + jsd
+                for r0, r1 in _sub_blocks(a):
+                    q0 = first + r0 + (first + r0 == 0)  # query 0 has one key: no JSD
+                    if q0 >= first + r1:
+                        continue
+                    lo = 0 if window is None else max(0, q0 - window + 1)
+                    rows_a, rows_b = a[:, q0 - first : r1, lo : first + r1], b[:, q0 - first : r1, lo : first + r1]
+                    jsd = row_jsd(rows_a, rows_b, self.workspace).sum(-1)
+                    state[i]["jsd"] = jsd if state[i]["jsd"] is None else state[i]["jsd"] + jsd
         return state
 
     def finish(self, state, ctx):

@@ -3,6 +3,7 @@ returns small per-head statistics, so probes can reduce while hooks fire."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,8 +20,25 @@ def _row_chunks(length: int):
         yield start, min(length, start + ROW_CHUNK)
 
 
+class Workspace:
+    """Named scratch tensors reused from chunk to chunk (and layer to layer). A fold that takes
+    fresh multi-MB temporaries for every chunk of rows spends about as long in page faults as in
+    arithmetic; with a workspace each temporary is allocated once, at its largest size. A view
+    it hands out is valid until the same name is taken again."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._buffers[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buffer[:numel].view(shape)
+
+
 def offset_aligned(rows: torch.Tensor, first: int, width: int | None = None,
-                   eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                   eps: float = 1e-6, workspace: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Ã (key 0 dropped, rows renormalised) of a chunk of causal rows, indexed by offset.
 
     rows [H, n, L] are queries ``first .. first+n-1`` over keys ``0 .. L-1``. Returns
@@ -28,14 +46,14 @@ def offset_aligned(rows: torch.Tensor, first: int, width: int | None = None,
     only) and R[h, i, D-1-d] = Ã[h, first+i, first+i-d] for 0 <= d <= D-1 (0 where that key would
     be < 1). Offsets run backwards so that R is a strided view of one left-padded copy of the rows
     (the skew of Transformer-XL's relative shift): no index tensor, no gather, and only the keys
-    within D of each query are read.
+    within D of each query are read. With a ``workspace`` the copy lives in its "aligned" buffer.
     """
     heads, n, _ = rows.shape
     width = first + n if width is None else min(width, first + n)
     base = first - width + 1  # the key in column 0 of the copy (negative: left padding)
     rest = 1.0 - rows[..., 0]
     ok = rest > eps
-    padded = rows.new_empty(heads, n, n - 1 + width)
+    padded = (workspace or Workspace()).take("aligned", (heads, n, n - 1 + width), rows)
     pad = max(0, -base)
     padded[..., :pad] = 0.0
     torch.div(rows[..., base + pad : first + n], rest.clamp(min=eps).unsqueeze(-1), out=padded[..., pad:])
@@ -107,47 +125,62 @@ def self_and_previous(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return p0.cpu(), (s1 / (length - 2)).cpu()
 
 
-def _xlog2x(x: torch.Tensor) -> torch.Tensor:
-    """x log2 x, elementwise, with 0 log 0 = 0 (a fresh tensor)."""
-    return x.clamp(min=torch.finfo(x.dtype).tiny).log2_().mul_(x)
-
-
-def row_jsd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def row_jsd(p: torch.Tensor, q: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
     """Jensen-Shannon divergence in bits between matching rows: [H, L, K] -> [H, L], in [0, 1].
 
-    Per key 0.5 p log p + 0.5 q log q - m log m with m = (p + q) / 2 (three logarithms, none of a
-    ratio; a denormal p or m contributes ~1e-45, not the +inf a log(p / m) could give)."""
+    Summed per key, 0.5 p log2 p + 0.5 q log2 q - m log2 m with m = (p + q) / 2: three
+    logarithms, none of a ratio, and no difference of row entropies (which would cancel ~10 bits
+    to leave a JSD of ~1e-3 at float32 precision). Zeros count as 0 log 0 = 0 (clamped to the
+    smallest normal float: a term of ~1e-36). Temporaries live in ``workspace``."""
+    workspace = workspace or Workspace()
+    tiny = torch.finfo(p.dtype).tiny
     out = []
     for r0, r1 in _row_chunks(p.shape[-2]):
         a, b = p[..., r0:r1, :], q[..., r0:r1, :]
-        mid = torch.add(a, b).mul_(0.5)
-        terms = _xlog2x(a).add_(_xlog2x(b)).mul_(0.5).sub_(_xlog2x(mid))
-        out.append(terms.sum(-1).clamp_(min=0))
+        logs, acc, mid = (workspace.take(name, a.shape, a) for name in ("jsd_log", "jsd_acc", "jsd_mid"))
+        torch.clamp(a, min=tiny, out=acc).log2_().mul_(a)  # p log2 p
+        acc.addcmul_(b, torch.clamp(b, min=tiny, out=logs).log2_())  # + q log2 q
+        torch.lerp(a, b, 0.5, out=mid).clamp_(min=tiny)
+        acc.mul_(0.5).addcmul_(mid, torch.log2(mid, out=logs), value=-1.0)  # - m log2 m
+        out.append(acc.sum(-1).clamp_(min=0))
     return torch.cat(out, dim=-1)
 
 
 def position_dependence_aligned(
-    aligned: torch.Tensor, ok: torch.Tensor, first: int, profile: torch.Tensor
+    aligned: torch.Tensor, ok: torch.Tensor, first: int, profile: torch.Tensor, workspace: Workspace | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Total-variation sums of ``offset_aligned`` rows (queries first ..) against the rows an
     offset profile [H, width] predicts, pred_i(d) = P(d) / sum_{d' < i} P(d') for 0 <= d < i
-    (keys 1 .. i): (sum over queries i >= 2 of TV(Ã_i, pred_i) [H], number of usable rows [H])."""
+    (keys 1 .. i): (sum over queries i >= 2 of TV(Ã_i, pred_i) [H], number of usable rows [H]).
+
+    ``aligned`` may hold only offsets d < D (a sliding-window layer: every entry further back is
+    exactly zero); the predicted mass at offsets D <= d < i then counts in full."""
     heads, n, width = aligned.shape
-    if width != first + n:
-        raise ValueError("position_dependence_aligned needs every offset: call offset_aligned without width")
+    full = first + n
+    if width > full:
+        raise ValueError(f"offset_aligned rows hold {width} offsets; queries {first}..{full - 1} have at most {full}")
     skip = max(0, 2 - first)
     if skip >= n:
         zero = torch.zeros(heads, device=aligned.device)
         return zero, zero.clone()
     profile = profile.to(aligned.device)
-    if profile.shape[-1] < width:  # offsets past the profile read its last entry
-        profile = torch.cat([profile, profile[:, -1:].expand(-1, width - profile.shape[-1])], dim=-1)
-    profile = profile[:, :width]
-    norm = profile.cumsum(-1)[:, first - 1 + skip : first - 1 + n].clamp(min=1e-12)  # sum_{d < i} P(d)
-    pred = profile.flip(-1).unsqueeze(1) / norm.unsqueeze(-1)  # [H, n - skip, D], offsets backwards
-    queries = torch.arange(skip, n, device=aligned.device).unsqueeze(-1)
-    pred[..., :n].masked_fill_(torch.arange(n, device=aligned.device) <= n - 1 - queries, 0.0)  # d >= i
-    tv = pred.sub_(aligned[:, skip:]).abs_().sum(-1).mul_(0.5)
+    if profile.shape[-1] < full:  # offsets past the profile read its last entry
+        profile = torch.cat([profile, profile[:, -1:].expand(-1, full - profile.shape[-1])], dim=-1)
+    profile = profile[:, :full]
+    cum = profile.cumsum(-1)
+    norm = cum[:, first - 1 + skip : first - 1 + n].clamp(min=1e-12)  # sum_{d < i} P(d)
+    pred = (workspace or Workspace()).take("pred", (heads, n - skip, width), aligned)  # offsets backwards
+    torch.div(profile[:, :width].flip(-1).unsqueeze(1), norm.unsqueeze(-1), out=pred)
+    queries = torch.arange(first + skip, full, device=aligned.device)  # i
+    masked = max(0, width - first - skip)  # columns c = D-1-d with d >= i for some row
+    if masked:
+        columns = torch.arange(masked, device=aligned.device)
+        pred[..., :masked].masked_fill_(columns <= (width - 1 - queries)[:, None], 0.0)
+    tv = pred.sub_(aligned[:, skip:]).abs_().sum(-1)
+    if width < full:  # predicted mass at offsets width <= d < i, where the rows are zero
+        tail = (cum[:, queries - 1] - cum[:, width - 1 : width]).clamp(min=0) / norm
+        tv += tail * (queries > width)
+    tv.mul_(0.5)
     ok = ok[:, skip:]
     return (tv * ok).sum(-1), ok.sum(-1).to(tv.dtype)
 

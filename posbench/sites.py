@@ -64,6 +64,7 @@ class ModelFacts:
     d_head: int
     n_pairs: int  # rotary pairs (0 without RoPE)
     scaling: tuple[float, ...]  # per layer: the factor applied to q.k before the softmax
+    sliding_windows: tuple[int | None, ...] = ()  # per layer: keys i - j < window visible; None = all
 
     @property
     def kv_of(self) -> torch.Tensor:
@@ -83,6 +84,13 @@ class Context:
     facts: ModelFacts
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     unembed: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def sliding_window(self) -> int | None:
+        """The layer's sliding window (query i sees keys i - window < j <= i), None for full
+        attention: pattern entries further back are exactly zero, so folds may skip them."""
+        windows = self.facts.sliding_windows
+        return windows[self.layer] if self.layer is not None and self.layer < len(windows) else None
 
     def sequence_rows(self, rows: torch.Tensor, start: int) -> Iterator[tuple[int, torch.Tensor, int]]:
         """Per sequence of the batch, its real-token part of a chunk of pattern rows.

@@ -172,6 +172,31 @@ def test_fast_rows_on_embedded_models_gqa_sliding_windows_two_bases(embedded):
         assert all(out["blind"][layer][0] > 1e-3 for layer, w in enumerate(windows) if w)
 
 
+
+def _row_path_logits_equal_sdpa(model, batch, atol, rtol=0.0):
+    """A statistic that needs every head's rows makes the layer compute its output from those rows
+    (``attention_from_rows``, no SDPA call): logits equal a plain SDPA pass's on the real tokens."""
+    stat = AttentionCapture("check", RowsAgainstReference(model.card))
+    with_rows = model.run(batch, [stat], logits=True)
+    plain = model.run(batch, [], logits=True)
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(with_rows.logits[real], plain.logits[real], rtol=rtol, atol=atol)
+    assert all(with_rows["check"][layer][0] < 1e-5 for layer in range(model.n_layers))
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_output_from_rows_equals_sdpa_tiny(tiny_llama, padding_side):
+    _row_path_logits_equal_sdpa(tiny_llama, tiny_llama.batch(tiny_llama.tokenize(TEXTS), padding_side), atol=1e-5)
+
+
+@pytest.mark.embedded
+def test_output_from_rows_equals_sdpa_embedded(embedded):
+    """GQA (SmolLM2) and Gemma-3's sliding layers at 700 tokens, left-padded (the window's band).
+    Summation order alone moves float32 logits of ~50 by up to ~1e-5 relative over the layers."""
+    first, second = embedded.random_tokens(2, 700, torch.Generator().manual_seed(1)).tolist()
+    _row_path_logits_equal_sdpa(embedded, embedded.batch([first, second[:560]], "left"), atol=1e-4, rtol=3e-5)
+
+
 # ---------------------------------------------------------------------------- 3. probes end to end
 # Which of several near-equal residual entries ranks first is a coin toss at 1e-7 (a repeated
 # token gives dozens of equal norms): the sinks probe's top-activation positions and dims are not

@@ -169,3 +169,21 @@ def test_cards_without_weights_match_the_loaded_models(smollm2, gemma, tiny_neox
 
     for model in (smollm2, gemma, tiny_neox):
         assert load_card(model.model_id).to_dict() == model.card.to_dict()
+
+
+@pytest.mark.embedded
+def test_bridge_tokenizer_is_its_own_but_shares_the_vocabulary(embedded):
+    """The bridge reconfigures its tokenizer (padding side, init kwargs): the user's must not see
+    it. A shallow copy shares the Rust tokenizer (~300 MiB for Gemma-3's vocabulary) and
+    tokenizes the same."""
+    user, bridge = embedded.tokenizer, embedded.backend.bridge.tokenizer
+    assert bridge is not user and bridge._tokenizer is user._tokenizer
+    assert bridge.init_kwargs is not user.init_kwargs and bridge._special_tokens_map is not user._special_tokens_map
+    side = user.padding_side
+    bridge.padding_side = "left" if side == "right" else "right"
+    try:
+        assert user.padding_side == side
+        text = "Position shapes what a model does."
+        assert bridge(text)["input_ids"] == user(text)["input_ids"]
+    finally:
+        bridge.padding_side = side

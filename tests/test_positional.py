@@ -78,6 +78,56 @@ def test_chunked_row_statistics_equal_gather_based_reference():
     torch.testing.assert_close(row_jsd(a, b), direct.clamp(min=0), rtol=1e-5, atol=1e-6)
 
 
+
+def test_windowed_offset_statistics_equal_the_full_width_ones():
+    """On a sliding-window layer the folds copy and read only offsets < window: offset sums, PDS
+    (whose prediction keeps mass past the window, counted from the profile's cumulative sum) and
+    the paired JSD equal the full-width computation on rows that are zero past the window."""
+    from posbench.head_statistics import OffsetProfile
+    from posbench.reduce import offset_aligned, offset_sums_aligned, position_dependence_aligned
+    from posbench.sites import Context, ModelFacts
+
+    window, length = 6, 40
+    keys = torch.arange(length)
+    inside = (keys[:, None] - keys[None, :] < window) & (keys[:, None] >= keys[None, :])
+    rows = torch.stack([(_causal_rows(3, length, s) + 1e-3) * inside for s in (0, 1)])
+    rows = rows / rows.sum(-1, keepdim=True)
+    profile = torch.rand(3, length)  # mass past the window too: the predicted rows keep it
+    for first, n in ((0, 7), (2, 9), (13, 16), (30, 10)):
+        chunk = rows[0, :, first : first + n, : first + n]
+        full, ok = offset_aligned(chunk, first)
+        cut, ok_cut = offset_aligned(chunk, first, window)
+        torch.testing.assert_close(offset_sums_aligned(cut, window), offset_sums_aligned(full, window))
+        tv_full, n_full = position_dependence_aligned(full, ok, first, profile)
+        tv_cut, n_cut = position_dependence_aligned(cut, ok_cut, first, profile)
+        torch.testing.assert_close(tv_cut, tv_full, rtol=1e-5, atol=1e-6)
+        assert n_cut.tolist() == n_full.tolist()
+
+    class Batch:  # two right-padded-free sequences of one length
+        size, offsets, lengths = 2, torch.tensor([0, 0]), torch.tensor([length, length])
+
+    def fold(windows):
+        facts = ModelFacts(n_layers=1, n_heads=3, n_kv_heads=3, d_head=4, n_pairs=2, scaling=(1.0,),
+                           sliding_windows=windows)
+        ctx = Context(Batch(), 0, facts)
+        stats = {}
+        for reference, paired in ((profile[None], False), (None, True)):
+            stat = OffsetProfile(length, reference=reference, paired=paired)
+            state = stat.start(ctx)
+            for start in range(0, length, 16):
+                state = stat.update(state, rows[:, :, start : start + 16], start, ctx)
+            stats[paired] = stat.finish(state, ctx)
+        return stats
+
+    windowed, full = fold((window,)), fold((None,))
+    for paired in (False, True):
+        for got, want in zip(windowed[paired], full[paired]):
+            for key in want:
+                if want[key] is not None:
+                    torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+    assert windowed[False][0]["pds"].shape == (3,) and windowed[True][0]["jsd"].shape == (3,)
+
+
 def test_rotate_half_pairing():
     x = torch.arange(8.0)  # d = 8 -> pairs (0,4), (1,5), (2,6), (3,7)
     assert rotary_pairs(x, 4).tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]

@@ -128,6 +128,46 @@ def pattern_rows(
         yield start, rows
 
 
+def attention_from_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    *,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+    causal: bool = True,
+    chunk: int = ROW_CHUNK,
+) -> tuple[Iterator[tuple[int, torch.Tensor]], torch.Tensor]:
+    """Eager attention in chunks of query rows: ``(chunks, output)``. ``chunks`` yields what
+    ``pattern_rows`` yields (every head) and, before handing a chunk over, writes its attention
+    output ``rows @ v`` into ``output`` [B, T, H, d] (the layout HF attention functions return;
+    complete once ``chunks`` is exhausted; queries that see no key get 0).
+
+    Where a statistic needs every head's rows anyway, this replaces the SDPA call: the one
+    Q.K^T and softmax serve both the output and the statistics (SDPA plus rebuilt rows would
+    compute them twice). The output equals SDPA's up to float summation order.
+    """
+    batch, heads, width, d = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    output = torch.empty(batch, width, heads, v.shape[-1], dtype=v.dtype, device=v.device)
+    values = v.float()
+
+    def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+        for start, rows in pattern_rows(q, k, mask, scaling, softcap=softcap, sliding_window=sliding_window,
+                                        causal=causal, chunk=chunk):
+            n = rows.shape[2]
+            lo, hi = key_band(start, start + n, width, causal, sliding_window)
+            grouped = rows[..., lo:hi].reshape(batch, kv_heads, group * n, hi - lo)
+            part = torch.matmul(grouped, values[:, :, lo:hi])  # [B, Hkv, group * n, d]
+            output[:, start : start + n] = part.view(batch, heads, n, -1).transpose(1, 2)
+            yield start, rows
+
+    return chunks(), output
+
+
 def fold_statistics(
     captures: Sequence[AttentionCapture],
     contexts: Sequence[Context],

@@ -36,7 +36,8 @@ from ..sites import (
     ModelFacts,
 )
 from . import Backend, RunOutput
-from .attention_rows import ROW_CHUNK, attention_with_key_sums, fold_statistics, pattern_rows, slices, with_key_mask
+from .attention_rows import (ROW_CHUNK, attention_from_rows, attention_with_key_sums, fold_statistics, pattern_rows, slices,
+                             with_key_mask)
 from .hf_attention import attention_implementation, sdpa
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -84,6 +85,25 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 def _heads_first(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2)
+
+
+def _bridge_tokenizer(tokenizer):
+    """The bridge's own copy of the user's tokenizer: the bridge sets its padding side, special
+    tokens and init kwargs, which must not leak into the user's. A shallow copy with its own
+    attribute dicts and lists shares the Rust tokenizer (Gemma-3's 262k vocabulary: ~300 MiB a
+    copy), which the bridge leaves alone unless it must add a special token the vocabulary
+    lacks; then (and for slow tokenizers) it gets a deep copy."""
+    def has_id(name):
+        return getattr(tokenizer, f"{name}_token", None) is not None and getattr(tokenizer, f"{name}_token_id", None) is not None
+
+    adds_tokens = not (has_id("eos") and has_id("bos") and (tokenizer.pad_token is None or has_id("pad")))
+    if adds_tokens or not hasattr(tokenizer, "_tokenizer"):
+        return copy.deepcopy(tokenizer)
+    shallow = copy.copy(tokenizer)
+    for name, value in vars(tokenizer).items():
+        if isinstance(value, (dict, list, set)):
+            shallow.__dict__[name] = copy.deepcopy(value)
+    return shallow
 
 
 def _fast_forward(component, attend: Callable) -> Callable:
@@ -136,7 +156,7 @@ class TransformerLensBackend(Backend):
         # The bridge re-loads its tokenizer with add_bos_token=True from `name_or_path` (a hub
         # call for hub names, and a changed BOS convention). posbench tokenizes with the user's own
         # tokenizer; the bridge gets a copy marked as already adding BOS so it keeps it as is.
-        bridge_tokenizer = copy.deepcopy(tokenizer)
+        bridge_tokenizer = _bridge_tokenizer(tokenizer)
         bridge_tokenizer.init_kwargs.setdefault("name_or_path", model_id)
         bridge_tokenizer.init_kwargs["add_bos_token"] = True
         # A zoo alias that TransformerLens also knows (gemma-3-270m) would make it announce a
@@ -156,6 +176,7 @@ class TransformerLensBackend(Backend):
                 n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, d_head=c.head_dim,
                 n_pairs=(c.rotary_dims or c.head_dim) // 2 if c.position_encoding == "rope" else 0,
                 scaling=tuple(self.attention_scaling(layer) for layer in range(c.n_layers)),
+                sliding_windows=tuple(c.sliding_windows) if c.sliding_windows else (None,) * c.n_layers,
             )
         return self._facts
 
@@ -438,7 +459,13 @@ class TransformerLensBackend(Backend):
             weights = [(i, c.statistic.key_weights(contexts[i])) for i, c in enumerate(captures)]
             weights = [(i, w.to(query.device)) for i, w in weights if w is not None]
             weighted = {}
-            if weights:  # statistics of rows @ W: W rides along as extra value channels
+            row_options = dict(softcap=kwargs.get("softcap"), sliding_window=kwargs.get("sliding_window"),
+                               causal=getattr(module, "is_causal", True), chunk=self.row_chunk)
+            every_row = None
+            if not weights and any(c.statistic.heads is None for c in captures):
+                # a statistic needs every head's rows: they give the output too (no SDPA call)
+                every_row, output = attention_from_rows(query, key, value, mask, scaling, **row_options)
+            elif weights:  # statistics of rows @ W: W rides along as extra value channels
                 output, sums = attention_with_key_sums(
                     lambda q, k, v: sdpa(module, q, k, v, mask, **kwargs)[0],
                     query, key, value, torch.cat([w for _, w in weights], dim=-1))
@@ -448,17 +475,17 @@ class TransformerLensBackend(Backend):
                     columns += w.shape[-1]
             else:
                 output, _ = sdpa(module, query, key, value, mask, **kwargs)  # [B, T, H, d]
-            if z_hook is not None:
-                output = z_hook(output.reshape(*output.shape[:2], -1)).view_as(output)
             if captures:
                 def chunks(heads):
-                    return pattern_rows(query, key, mask, scaling, softcap=kwargs.get("softcap"),
-                                        sliding_window=kwargs.get("sliding_window"),
-                                        causal=getattr(module, "is_causal", True), heads=heads, chunk=self.row_chunk)
+                    if heads is None and every_row is not None:
+                        return every_row
+                    return pattern_rows(query, key, mask, scaling, heads=heads, **row_options)
 
                 for capture, result in zip(captures, fold_statistics(captures, contexts, chunks, weighted)):
                     out.captured.setdefault(capture.name, {})[layer] = result
                 stash.clear()
+            if z_hook is not None:  # after the fold: on the row path the output is complete only now
+                output = z_hook(output.reshape(*output.shape[:2], -1)).view_as(output)
             return output, None
 
         return attend
