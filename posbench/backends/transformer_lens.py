@@ -462,8 +462,9 @@ class TransformerLensBackend(Backend):
             row_options = dict(softcap=kwargs.get("softcap"), sliding_window=kwargs.get("sliding_window"),
                                causal=getattr(module, "is_causal", True), chunk=self.row_chunk)
             every_row = None
-            if not weights and any(c.statistic.heads is None for c in captures):
-                # a statistic needs every head's rows: they give the output too (no SDPA call)
+            if not weights and query.dtype == torch.float32 and any(c.statistic.heads is None for c in captures):
+                # a statistic needs every head's rows: they give the output too (no SDPA call).
+                # Rows are float32: a float64 (or half) model keeps its own-precision SDPA output.
                 every_row, output = attention_from_rows(query, key, value, mask, scaling, **row_options)
             elif weights:  # statistics of rows @ W: W rides along as extra value channels
                 output, sums = attention_with_key_sums(
