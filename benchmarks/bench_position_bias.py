@@ -4,8 +4,10 @@ The sweep: ``--rows`` kv rows of ``--pairs`` key-value pairs, the gold pair in `
 evenly spaced slots, every value in the context scored by log-likelihood, attention onto the
 segments captured (AttnRank off: it needs calibration rows). Measured in one process:
 
-1. ``probe``: ``PositionBiasProbe(task="kv", ...).run(model)`` (bridge, hooks, eager attention,
-   the attention statistic, the metric tables);
+1. ``probe``: ``PositionBiasProbe(task="kv", ...).run(model)`` (bridge, hooks, SDPA attention,
+   the attention view, the metric tables), after a small warm-up run (one-time costs), and
+   ``probe_without_attention``: the same with ``attention=False``: their difference is what the
+   attention view (segment masses, declared as key weights) costs;
 2. ``plain_same_rows``: HuggingFace's own forward (SDPA, no hooks, no unembedding) over exactly
    the token rows the probe ran (packed rows: the same lengths), batched the same way;
 3. ``plain_one_row_per_choice``: the same over one row per (prompt, choice), what a scorer
@@ -69,11 +71,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = posbench.load_model(args.model)
-    probe = PositionBiasProbe(task="kv", n_items=args.rows, n_segments=(args.pairs,), slots=args.slots,
-                              attnrank=False, batch_size=args.batch_size, max_tokens=100_000)
-    t0 = time.perf_counter()
-    result = probe.run(model)
-    probe_s = time.perf_counter() - t0
+    PositionBiasProbe(task="kv", n_items=1, n_segments=(4,), slots=2, attnrank=False, batch_size=2).run(model)
+
+    def timed_probe(attention: bool):
+        probe = PositionBiasProbe(task="kv", n_items=args.rows, n_segments=(args.pairs,), slots=args.slots,
+                                  attention=attention, attnrank=False, batch_size=args.batch_size, max_tokens=100_000)
+        t0 = time.perf_counter()
+        result = probe.run(model)
+        return result, time.perf_counter() - t0
+
+    result, probe_s = timed_probe(True)
+    _, bare_s = timed_probe(False)
 
     # the rows the probe ran, rebuilt the same way
     frame = chat_frame(model) if resolve_format(model, "auto") == "chat" else None
@@ -95,10 +103,12 @@ def main() -> None:
         "model": args.model, "pairs": args.pairs, "rows": args.rows, "slots": args.slots,
         "prompts": len(items), "choices_per_prompt": len(choices[0]),
         "probe": {"seconds": round(probe_s, 2), "forward_rows": len(packed.rows), "tokens": packed.n_tokens},
+        "probe_without_attention": {"seconds": round(bare_s, 2)},
         "plain_same_rows": {"seconds": round(same_s, 2)},
         "plain_one_row_per_choice": {"seconds": round(naive_s, 2), "forward_rows": len(unpacked.rows),
                                      "tokens": unpacked.n_tokens},
         "ratio_probe_to_plain_same_rows": round(probe_s / same_s, 2),
+        "ratio_probe_to_probe_without_attention": round(probe_s / bare_s, 2),
         "ratio_probe_to_plain_one_row_per_choice": round(probe_s / naive_s, 2),
         "kv_accuracy": result.summary.get(f"kv.n{args.pairs}.accuracy"),
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),

@@ -35,7 +35,9 @@ interventions such as PINE.
 **Attention onto the segments.** ``attention=True`` also folds ``SegmentMass`` over every layer:
 the attention from the answer position (the prompt's last token, which predicts the first
 continuation token) onto each segment's tokens, per head (the "attention basin" of Yi et al.,
-arXiv 2508.05128). It reads one query row per prompt and keeps [heads, segments] per layer.
+arXiv 2508.05128). It declares the segments' key spans as key weights, so the fast path reads
+the masses from the SDPA call itself (no pattern row is built), and keeps [heads, segments] per
+layer.
 """
 
 from __future__ import annotations
@@ -208,24 +210,40 @@ class SegmentMass(AttentionStatistic):
     """Attention from the answer position onto each segment (Yi et al., "Attention Basin",
     arXiv 2508.05128): for every row with ``row_meta["answer"]`` (a real-token index), the
     pattern row of that query summed over each segment's key span (``batch.segments``).
-    Result per layer: ``{row: [heads, n_segments]}``. Only that one query row is read."""
+    Result per layer: ``{row: [heads, n_segments]}``.
+
+    Only sums over key spans are needed, so they are declared as key weights (one indicator
+    column per segment): the fast path takes them from the SDPA call itself and builds no
+    pattern row."""
+
+    def key_weights(self, ctx: Context) -> torch.Tensor:
+        batch = ctx.batch
+        spans = [batch.segments[b].segments if batch.segments and batch.segments[b] is not None else ()
+                 for b in range(batch.size)]
+        weights = torch.zeros(batch.size, batch.width, max(1, max(map(len, spans))))
+        for b, meta in enumerate(batch.row_meta):
+            if meta.get("answer") is None:
+                continue
+            offset = int(batch.offsets[b])
+            for j, (s, e) in enumerate(spans[b]):
+                weights[b, offset + s : offset + e, j] = 1.0
+        return weights
 
     def start(self, ctx: Context) -> dict[int, torch.Tensor]:
         return {}
 
-    def update(self, state, rows, start, ctx):
+    def update(self, state, span_sums, start, ctx):
+        """span_sums [B, H, n, K]: the attention of queries start .. start+n-1 on each segment's keys."""
         batch = ctx.batch
         for b, meta in enumerate(batch.row_meta):
             answer = meta.get("answer")
             if answer is None:
                 continue
-            offset = int(batch.offsets[b])
-            column = offset + answer
-            if not start <= column < start + rows.shape[2]:
+            column = int(batch.offsets[b]) + answer
+            if not start <= column < start + span_sums.shape[2]:
                 continue
-            pattern = rows[b, :, column - start]  # [H, T]
-            spans = batch.segments[b].segments
-            state[b] = torch.stack([pattern[:, offset + s : offset + e].sum(-1) for s, e in spans], dim=-1).cpu()
+            n_segments = len(batch.segments[b].segments)
+            state[b] = span_sums[b, :, column - start, :n_segments].cpu()
         return state
 
 

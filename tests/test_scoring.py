@@ -125,6 +125,36 @@ def test_segment_mass_is_the_answer_row_of_the_pattern_summed_over_each_segment(
         np.testing.assert_allclose(scored.attention[0][layer], want.numpy(), atol=1e-6)
     assert scored.attention[0].shape == (tiny_llama.n_layers, tiny_llama.n_heads, 4)
 
+@pytest.mark.parametrize("name", ["tiny-llama", "smollm2"])
+def test_segment_mass_comes_from_the_attention_kernel_without_pattern_rows(name, tiny_llama, request, monkeypatch):
+    """Segment masses are key weights: the fast path takes them from the SDPA call (no pattern
+    row is built) and they equal the eager pattern's answer rows summed over each span, for
+    several prompts of different lengths in one batch."""
+    import posbench.backends.transformer_lens as tl_backend
+
+    model = tiny_llama if name == "tiny-llama" else request.getfixturevalue("smollm2")
+    items = MCQDataset.row_items(MCQDataset.builtin()[0])[:2] + MCQDataset.row_items(MCQDataset.builtin()[1])[:1]
+    prompts = [it.prompt for it in items]
+
+    def no_rows(*args, **kwargs):
+        raise AssertionError("pattern rows built for a key-weights statistic")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tl_backend, "pattern_rows", no_rows)
+        patch.setattr(tl_backend, "attention_from_rows", no_rows)
+        scored = continuation_logprobs(model, prompts, [list(it.choices) for it in items], attention=True, batch_size=3)
+    with model.using_attention("eager"):
+        eager = continuation_logprobs(model, prompts, [list(it.choices) for it in items], attention=True, batch_size=3)
+    for p, prompt in enumerate(prompts):
+        ids, spans = model.tokenize_segments(prompt)
+        pattern = model.run(model.segment_batch([prompt]),
+                            [Capture("p", "pattern", lambda x, ctx: x[0, :, len(ids) - 1].clone())])["p"]
+        want = np.stack([torch.stack([pattern[layer][:, s:e].sum(-1) for s, e in spans.segments], -1).numpy()
+                         for layer in range(model.n_layers)])
+        assert scored.attention[p].shape == want.shape
+        np.testing.assert_allclose(scored.attention[p], want, atol=2e-5)
+        np.testing.assert_allclose(eager.attention[p], want, atol=2e-5)
+
 
 def test_greedy_continuations_match_generate_and_see_the_segments(tiny_llama):
     prompts = [it.prompt for it in MCQDataset.row_items(MCQDataset.builtin()[2])[:2]]

@@ -205,7 +205,7 @@ def attention_with_key_sums(attention: Callable, query, key, value, weights: tor
     q and k get K (rounded up to 8) zero dims, which leave every score unchanged, and the values
     get W in those dims, so the kernel's own softmax weighs them. ``attention(q, k, v)`` must
     pass the scaling explicitly (the head dim grows). Returns the output [B, T, H, d] the plain
-    call gives and the sums [B, H, T, K] (float32)."""
+    call gives and the sums [B, H, T, K] (float32, or float64 for a float64 model)."""
     batch, kv_heads, width, d = value.shape
     k_cols = weights.shape[-1]
     pad = -(-k_cols // 8) * 8
@@ -218,7 +218,8 @@ def attention_with_key_sums(attention: Callable, query, key, value, weights: tor
 
     values = widen(value, weights.to(value.dtype)[:, None])
     output = attention(widen(query), widen(key), values)
-    return output[..., :d], output[..., d : d + k_cols].transpose(1, 2).float()
+    sums = output[..., d : d + k_cols].transpose(1, 2)
+    return output[..., :d], sums.to(torch.promote_types(sums.dtype, torch.float32))
 
 
 def slices(pattern: torch.Tensor, heads: Sequence[int] | None = None, chunk: int = ROW_CHUNK) -> Iterator[tuple[int, torch.Tensor]]:

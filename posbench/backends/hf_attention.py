@@ -25,24 +25,33 @@ class LayerCallback(Protocol):
                  attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]: ...
 
 
+MASKED_BLOCK = 256  # query rows per SDPA call when a boolean mask is in play (see ``blocked_sdpa``)
+
+
 def sdpa(module, query, key, value, attention_mask, **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' own SDPA attention (output [B, T, H, d], no weights). On a sliding-window
-    layer much longer than its window, it runs in blocks of query rows (``windowed_sdpa``)."""
+    """transformers' own SDPA attention (output [B, T, H, d], no weights). With a boolean mask
+    (padding, a sliding window, packed rows) and many query rows, it runs in blocks of query rows
+    against only the key columns each block may see (``blocked_sdpa``): ``window`` rows at a time
+    on a sliding-window layer far longer than its window, ``MASKED_BLOCK`` rows otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    window = kwargs.get("sliding_window")
-    if (window and attention_mask is not None and attention_mask.dtype == torch.bool
-            and query.shape[2] > 2 * window and query.shape[2] == key.shape[2]):
-        return windowed_sdpa(sdpa_attention_forward, module, query, key, value, attention_mask, block=window, **kwargs)
+    width = query.shape[2]
+    if attention_mask is not None and attention_mask.dtype == torch.bool and width == key.shape[2]:
+        window = kwargs.get("sliding_window")
+        block = window if window and width > 2 * window else MASKED_BLOCK
+        if width > 2 * block:
+            return blocked_sdpa(sdpa_attention_forward, module, query, key, value, attention_mask, block=block, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def windowed_sdpa(attention, module, query, key, value, attention_mask, block: int, **kwargs) -> tuple[torch.Tensor, None]:
+def blocked_sdpa(attention, module, query, key, value, attention_mask, block: int, **kwargs) -> tuple[torch.Tensor, None]:
     """SDPA in blocks of ``block`` query rows, each against only the key columns its rows of the
     boolean mask allow (first to last allowed column). Masked keys add nothing to a softmax, so
-    the output is the one-call output up to summation order, while a sliding-window layer costs
-    O(T x window) instead of the O(T^2) a masked SDPA call spends (the kernel cannot skip masked
-    blocks): Gemma-3's 512-token windows at 32k tokens."""
+    the output is the one-call output up to summation order. A masked SDPA call cannot skip
+    masked blocks: one call over a causal mask with padding costs the full T x T (twice what the
+    unmasked causal kernel spends), one over a sliding-window mask O(T^2) although each query sees
+    ``window`` keys. Blocked, the causal layer costs about the causal half and the sliding-window
+    layer O(T x window): Gemma-3's 512-token windows at 32k tokens."""
     outputs = []
     for start in range(0, query.shape[2], block):
         end = min(query.shape[2], start + block)

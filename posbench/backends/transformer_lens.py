@@ -423,7 +423,8 @@ class TransformerLensBackend(Backend):
             for i, (capture, c) in enumerate(zip(captures, contexts)):
                 weights = capture.statistic.key_weights(c)
                 if weights is not None:
-                    weighted[i] = torch.matmul(pattern.detach().float(), weights.to(pattern.device).float()[:, None])
+                    dtype = torch.promote_types(pattern.dtype, torch.float32)  # a float64 model keeps float64
+                    weighted[i] = torch.matmul(pattern.detach().to(dtype), weights.to(pattern.device, dtype)[:, None])
             results = fold_statistics(captures, contexts, lambda heads: slices(pattern.detach(), heads, self.row_chunk), weighted)
             for capture, result in zip(captures, results):
                 out.captured.setdefault(capture.name, {})[layer] = result
