@@ -114,16 +114,23 @@ def test_chunked_unembedding_changes_nothing(tiny_llama, kv_case, monkeypatch):
     np.testing.assert_allclose(np.concatenate(chunked.logprobs), np.concatenate(whole.logprobs), atol=1e-6)
 
 
+def _answer_row_segment_mass(model, prompt) -> np.ndarray:
+    """[layers, heads, segments]: the eager pattern's answer row summed over each segment's span."""
+    ids, spans = model.tokenize_segments(prompt)
+    pattern = model.run(model.segment_batch([prompt]),
+                        [Capture("p", "pattern", lambda x, ctx: x[0, :, len(ids) - 1].clone())])["p"]
+    return np.stack([torch.stack([pattern[layer][:, s:e].sum(-1) for s, e in spans.segments], -1).numpy()
+                     for layer in range(model.n_layers)])
+
+
 def test_segment_mass_is_the_answer_row_of_the_pattern_summed_over_each_segment(tiny_llama):
     item = MCQDataset.row_items(MCQDataset.builtin()[0])[1]
     scored = continuation_logprobs(tiny_llama, [item.prompt], [list(item.choices)], attention=True)
-    ids, spans = tiny_llama.tokenize_segments(item.prompt)
-    batch = tiny_llama.segment_batch([item.prompt])
-    pattern = tiny_llama.run(batch, [Capture("p", "pattern", lambda x, ctx: x[0, :, len(ids) - 1].clone())])["p"]
+    want = _answer_row_segment_mass(tiny_llama, item.prompt)
     for layer in range(tiny_llama.n_layers):
-        want = torch.stack([pattern[layer][:, s:e].sum(-1) for s, e in spans.segments], -1)
-        np.testing.assert_allclose(scored.attention[0][layer], want.numpy(), atol=1e-6)
+        np.testing.assert_allclose(scored.attention[0][layer], want[layer], atol=1e-6)
     assert scored.attention[0].shape == (tiny_llama.n_layers, tiny_llama.n_heads, 4)
+
 
 @pytest.mark.parametrize("name", ["tiny-llama", "smollm2"])
 def test_segment_mass_comes_from_the_attention_kernel_without_pattern_rows(name, tiny_llama, request, monkeypatch):
@@ -146,11 +153,7 @@ def test_segment_mass_comes_from_the_attention_kernel_without_pattern_rows(name,
     with model.using_attention("eager"):
         eager = continuation_logprobs(model, prompts, [list(it.choices) for it in items], attention=True, batch_size=3)
     for p, prompt in enumerate(prompts):
-        ids, spans = model.tokenize_segments(prompt)
-        pattern = model.run(model.segment_batch([prompt]),
-                            [Capture("p", "pattern", lambda x, ctx: x[0, :, len(ids) - 1].clone())])["p"]
-        want = np.stack([torch.stack([pattern[layer][:, s:e].sum(-1) for s, e in spans.segments], -1).numpy()
-                         for layer in range(model.n_layers)])
+        want = _answer_row_segment_mass(model, prompt)
         assert scored.attention[p].shape == want.shape
         np.testing.assert_allclose(scored.attention[p], want, atol=2e-5)
         np.testing.assert_allclose(eager.attention[p], want, atol=2e-5)
