@@ -121,15 +121,30 @@ class OffsetProfile(AttentionStatistic):
 
 class RepeatScores(AttentionStatistic):
     """Duplicate-token and induction scores on [BOS] + x + x (Olsson et al. 2022): mean attention
-    from the second copy's tokens to their first occurrence, and to the token after it."""
+    from the second copy's tokens to their first occurrence, and to the token after it.
+
+    Declares those two diagonals as entries (queries b0+n+1 .. b0+2n-1 at keys t-n and t-n+1,
+    n-1 each; right padding or none): the fast path reads them off the kernel's logsumexp."""
 
     def __init__(self, n: int, bos: int):
         self.n, self.bos = n, bos
+
+    def entries(self, ctx: Context):
+        batch = ctx.batch
+        if any(int(o) != 0 or int(length) < self.bos + 2 * self.n for o, length in zip(batch.offsets, batch.lengths)):
+            return None  # left padding or a short sequence: fold rows (sequence_rows places them)
+        queries = torch.arange(self.bos + self.n + 1, self.bos + 2 * self.n)
+        both = torch.cat([queries, queries])
+        keys = torch.cat([queries - self.n, queries - self.n + 1])
+        return both.expand(batch.size, -1), keys.expand(batch.size, -1)
 
     def start(self, ctx: Context):
         return {}
 
     def update(self, state, rows, start, ctx):
+        if rows.dim() == 3:  # the declared entries [B, H, 2(n-1)]: duplicate half, induction half
+            half = rows.shape[-1] // 2
+            return {b: (rows[b, :, :half].sum(-1), rows[b, :, half:].sum(-1)) for b in range(rows.shape[0])}
         n, b0 = self.n, self.bos
         for b, block, first in ctx.sequence_rows(rows, start):
             low = max(b0 + n + 1, first)  # the second copy's queries inside this chunk (maybe none)

@@ -142,6 +142,13 @@ class AttentionStatistic(ABC):
     on a segment's span) declares ``key_weights(ctx)``, W [B, T, K]: ``update`` then gets
     ``rows @ W`` [B, H, n, K] instead of the rows, which the fast path takes from the attention
     kernel itself (W as extra value channels) without building any pattern row.
+
+    A statistic that needs only single pattern entries (a diagonal: attention to the token n
+    back) declares ``entries(ctx)``, the (query, key) positions of the padded batch as two long
+    tensors [B, E]: ``update`` then gets their values [B, H, E] (3 dims, not 4) in one call with
+    start 0, which the fast path computes from q, k and the attention kernel's per-row logsumexp
+    (A[t, j] = exp(s q_t . k_j - lse_t)), again without building rows. Entries a query may not
+    see are 0. A wrapper that does not forward ``entries`` hands such a statistic rows instead.
     """
 
     needs: ClassVar[tuple[str, ...]] = ()
@@ -158,6 +165,10 @@ class AttentionStatistic(ABC):
 
     def key_weights(self, ctx: Context) -> torch.Tensor | None:
         """Per-key weights [B, T, K] when only ``rows @ W`` is needed (see above); None: rows."""
+        return None
+
+    def entries(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(query [B, E], key [B, E]) positions when only those entries are needed (see above)."""
         return None
 
 

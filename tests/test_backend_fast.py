@@ -433,3 +433,58 @@ def test_tables_do_not_depend_on_the_row_chunk(tiny_llama, monkeypatch, attentio
         monkeypatch.setattr(tiny_llama.backend, "row_chunk", 8)
         chunked = probe.run(tiny_llama).tables
     _compare_tables(chunked, whole, atol=1e-6)
+
+
+class _AllRows(AttentionStatistic):
+    """The whole pattern [B, H, T, T] (small test batches only)."""
+
+    def start(self, ctx):
+        return []
+
+    def update(self, state, rows, start, ctx):
+        state.append(rows.clone())
+        return state
+
+    def finish(self, state, ctx):
+        return torch.cat(state, dim=2).cpu()
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "smollm2"])
+def test_repeat_scores_come_from_the_kernel_logsumexp_without_pattern_rows(name, tiny_llama, request, monkeypatch):
+    """RepeatScores declares its two diagonals as entries: on a batch without padding the fast
+    path reads them off the flash kernel's per-row logsumexp and builds no pattern row; on a
+    right-padded batch (a mask: no logsumexp kernel) they are gathered from the rows. Both equal
+    the diagonals of the eager pattern (within 1e-6 on tiny-llama, 2e-5 on 30-layer SmolLM2,
+    whose later layers see SDPA-vs-eager rounding)."""
+    import posbench.backends.transformer_lens as tl_backend
+    from posbench.head_statistics import RepeatScores
+
+    model = tiny_llama if name == "tiny-llama" else request.getfixturevalue("smollm2")
+    n = 12
+    prefix = [model.tokenizer.bos_token_id] if model.card.adds_bos else []
+    halves = model.random_tokens(3, n, torch.Generator().manual_seed(5))
+    equal = [prefix + h.tolist() + h.tolist() for h in halves[:2]]
+    padded = equal + [prefix + halves[2].tolist() * 2 + halves[2].tolist()[:5]]  # longer: the others pad
+    capture = [AttentionCapture("repeat", RepeatScores(n, len(prefix)))]
+    atol = 1e-6 if name == "tiny-llama" else 2e-5
+
+    def no_rows(*args, **kwargs):
+        raise AssertionError("pattern rows built for an entries statistic")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tl_backend, "pattern_rows", no_rows)
+        patch.setattr(tl_backend, "attention_from_rows", no_rows)
+        fast = model.run(model.batch(equal, "right"), capture)
+    gathered = model.run(model.batch(padded, "right"), capture)
+    with model.using_attention("eager"):
+        eager = model.run(model.batch(padded, "right"), [AttentionCapture("rows", _AllRows())])
+    second = torch.arange(len(prefix) + n + 1, len(prefix) + 2 * n)
+    for layer in range(model.n_layers):
+        pattern = eager["rows"][layer]
+        want_dup = pattern[:, :, second, second - n].mean(-1)
+        want_ind = pattern[:, :, second, second - n + 1].mean(-1)
+        for out, rows in ((fast, 2), (gathered, 3)):
+            dups, inds = out["repeat"][layer]
+            assert len(dups) == rows
+            torch.testing.assert_close(torch.stack(dups), want_dup[:rows], rtol=0, atol=atol)
+            torch.testing.assert_close(torch.stack(inds), want_ind[:rows], rtol=0, atol=atol)

@@ -168,35 +168,98 @@ def attention_from_rows(
     return chunks(), output
 
 
+def entries_from_lse(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor,
+                     scaling: float, causal: bool = True) -> torch.Tensor:
+    """Single pattern entries A[b, h, queries[b, e], keys[b, e]] [B, H, E] from the post-RoPE q
+    [B, H, T, d], k [B, Hkv, T, d] and each row's logsumexp ``lse`` [B, H, T] of the scaled
+    scores: exp(scaling q . k - lse), O(E d) work; keys after their query are 0 (causal)."""
+    group = q.shape[1] // k.shape[1]
+    batch = torch.arange(q.shape[0], device=q.device)[:, None]
+    q_e = q[batch, :, queries]  # [B, E, H, d]
+    k_e = k[batch, :, keys].repeat_interleave(group, dim=2)
+    logits = (q_e.float() * k_e.float()).sum(-1) * scaling - lse.float()[batch, :, queries]
+    values = logits.exp_()
+    if causal:
+        values.masked_fill_((keys > queries)[..., None], 0.0)
+    return values.transpose(1, 2)
+
+
+def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention without a mask on the CPU flash kernel, which also returns each row's
+    logsumexp: (output [B, T, H, d] as HF attention functions return it, lse [B, H, T])."""
+    group = query.shape[1] // key.shape[1]
+    if group > 1:
+        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, True,
+                                                                             scale=scaling)
+    return output.transpose(1, 2).contiguous(), lse
+
+
+def lse_possible(query: torch.Tensor, mask: torch.Tensor | None, softcap: float | None, causal: bool) -> bool:
+    """Whether ``attention_with_lse`` computes this call: CPU, float32, plain causal, no softcap."""
+    return (query.device.type == "cpu" and query.dtype == torch.float32 and mask is None
+            and softcap is None and causal)
+
+
 def fold_statistics(
     captures: Sequence[AttentionCapture],
     contexts: Sequence[Context],
     chunks_for: Callable[[tuple[int, ...] | None], Iterable[tuple[int, torch.Tensor]]],
     weighted: dict[int, torch.Tensor] | None = None,
+    entry_values: dict[int, torch.Tensor] | None = None,
 ) -> list[Any]:
     """Fold every capture's statistic, one result per capture. ``chunks_for(heads)`` yields the
     row chunks of the given query heads (None: all): captures asking for the same heads share
     each chunk, computed once. ``weighted[i]`` holds ``rows @ W`` [B, H, T, K] for capture i if
-    its statistic declared key weights W; it is handed over in one piece."""
-    weighted = weighted or {}
+    its statistic declared key weights W; ``entry_values[i]`` the values [B, H, E] of the entries
+    it declared; both are handed over in one piece. Declared entries not given are gathered
+    from the chunks."""
+    weighted, entry_values = weighted or {}, entry_values or {}
     results: list[Any] = [None] * len(captures)
     groups: dict[tuple[int, ...] | None, list[int]] = {}
+    gathered: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
     for i, capture in enumerate(captures):
         stat, ctx = capture.statistic, contexts[i]
-        if i in weighted:
-            sums = weighted[i] if stat.heads is None else weighted[i][:, list(stat.heads)]
-            results[i] = stat.finish(stat.update(stat.start(ctx), sums, 0, ctx), ctx)
-        else:
-            groups.setdefault(None if stat.heads is None else tuple(stat.heads), []).append(i)
+        if i in weighted or i in entry_values:
+            whole = weighted[i] if i in weighted else entry_values[i]
+            whole = whole if stat.heads is None else whole[:, list(stat.heads)]
+            results[i] = stat.finish(stat.update(stat.start(ctx), whole, 0, ctx), ctx)
+            continue
+        groups.setdefault(None if stat.heads is None else tuple(stat.heads), []).append(i)
+        declared = stat.entries(ctx)
+        if declared is not None:
+            gathered[i] = (declared[0], declared[1], None)
     for heads, members in groups.items():
         stats = {i: captures[i].statistic for i in members}
-        states = {i: stats[i].start(contexts[i]) for i in members}
+        states = {i: stats[i].start(contexts[i]) for i in members if i not in gathered}
         for start, rows in chunks_for(heads):
             for i in members:
-                states[i] = stats[i].update(states[i], rows, start, contexts[i])
+                if i in gathered:
+                    gathered[i] = _gather_entries(rows, start, *gathered[i])
+                else:
+                    states[i] = stats[i].update(states[i], rows, start, contexts[i])
         for i in members:
+            if i in gathered:
+                queries, _, values = gathered[i]
+                if values is None:  # no chunk came (no query rows)
+                    values = torch.zeros(queries.shape[0], len(heads) if heads else contexts[i].facts.n_heads,
+                                         queries.shape[1])
+                states[i] = stats[i].update(stats[i].start(contexts[i]), values, 0, contexts[i])
             results[i] = stats[i].finish(states[i], contexts[i])
     return results
+
+
+def _gather_entries(rows: torch.Tensor, start: int, queries: torch.Tensor, keys: torch.Tensor,
+                    values: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Copy the declared entries whose query is in this chunk of rows [B, H, n, T] into ``values``."""
+    if values is None:
+        values = rows.new_zeros(rows.shape[0], rows.shape[1], queries.shape[1])
+    queries, keys = queries.to(rows.device), keys.to(rows.device)
+    b, e = ((queries >= start) & (queries < start + rows.shape[2])).nonzero(as_tuple=True)
+    if len(b):
+        values[b, :, e] = rows[b, :, queries[b, e] - start, keys[b, e]]
+    return queries, keys, values
 
 
 def attention_with_key_sums(attention: Callable, query, key, value, weights: torch.Tensor):

@@ -36,8 +36,8 @@ from ..sites import (
     ModelFacts,
 )
 from . import Backend, RunOutput
-from .attention_rows import (ROW_CHUNK, attention_from_rows, attention_with_key_sums, fold_statistics, pattern_rows, slices,
-                             with_key_mask)
+from .attention_rows import (ROW_CHUNK, attention_from_rows, attention_with_key_sums, attention_with_lse,
+                             entries_from_lse, fold_statistics, lse_possible, pattern_rows, slices, with_key_mask)
 from .hf_attention import attention_implementation, sdpa
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -464,11 +464,20 @@ class TransformerLensBackend(Backend):
             contexts = [ctx(layer, {s: tensors[s] for s in c.statistic.needs}) for c in captures]
             weights = [(i, c.statistic.key_weights(contexts[i])) for i, c in enumerate(captures)]
             weights = [(i, w.to(query.device)) for i, w in weights if w is not None]
-            weighted = {}
+            weighted, entry_values = {}, {}
             row_options = dict(softcap=kwargs.get("softcap"), sliding_window=kwargs.get("sliding_window"),
                                causal=getattr(module, "is_causal", True), chunk=self.row_chunk)
+            entries = {i: c.statistic.entries(contexts[i]) for i, c in enumerate(captures)}
+            entries = {i: e for i, e in entries.items() if e is not None}
             every_row = None
-            if not weights and query.dtype == torch.float32 and any(c.statistic.heads is None for c in captures):
+            if (captures and not weights and len(entries) == len(captures)
+                    and lse_possible(query, mask, row_options["softcap"], row_options["causal"])):
+                # only single entries: the flash kernel's logsumexp per row gives them, no rows
+                output, lse = attention_with_lse(query, key, value, scaling)
+                for i, (queries, keys) in entries.items():
+                    entry_values[i] = entries_from_lse(query, key, lse, queries.to(query.device),
+                                                       keys.to(query.device), scaling)
+            elif not weights and query.dtype == torch.float32 and any(c.statistic.heads is None for c in captures):
                 # a statistic needs every head's rows: they give the output too (no SDPA call).
                 # Rows are float32: a float64 (or half) model keeps its own-precision SDPA output.
                 every_row, output = attention_from_rows(query, key, value, mask, scaling, **row_options)
@@ -488,7 +497,7 @@ class TransformerLensBackend(Backend):
                         return every_row
                     return pattern_rows(query, key, mask, scaling, heads=heads, **row_options)
 
-                for capture, result in zip(captures, fold_statistics(captures, contexts, chunks, weighted)):
+                for capture, result in zip(captures, fold_statistics(captures, contexts, chunks, weighted, entry_values)):
                     out.captured.setdefault(capture.name, {})[layer] = result
                 stash.clear()
             if z_hook is not None:  # after the fold: on the row path the output is complete only now
