@@ -435,20 +435,6 @@ def test_tables_do_not_depend_on_the_row_chunk(tiny_llama, monkeypatch, attentio
     _compare_tables(chunked, whole, atol=1e-6)
 
 
-class _AllRows(AttentionStatistic):
-    """The whole pattern [B, H, T, T] (small test batches only)."""
-
-    def start(self, ctx):
-        return []
-
-    def update(self, state, rows, start, ctx):
-        state.append(rows.clone())
-        return state
-
-    def finish(self, state, ctx):
-        return torch.cat(state, dim=2).cpu()
-
-
 @pytest.mark.parametrize("name", ["tiny-llama", "smollm2"])
 def test_repeat_scores_come_from_the_kernel_logsumexp_without_pattern_rows(name, tiny_llama, request, monkeypatch):
     """RepeatScores declares its two diagonals as entries: on a batch without padding the fast
@@ -477,10 +463,11 @@ def test_repeat_scores_come_from_the_kernel_logsumexp_without_pattern_rows(name,
         fast = model.run(model.batch(equal, "right"), capture)
     gathered = model.run(model.batch(padded, "right"), capture)
     with model.using_attention("eager"):
-        eager = model.run(model.batch(padded, "right"), [AttentionCapture("rows", _AllRows())])
+        eager = model.run(model.batch(padded, "right"),
+                          [AttentionCapture(f"head {h}", HeadPattern(h)) for h in range(model.n_heads)])
     second = torch.arange(len(prefix) + n + 1, len(prefix) + 2 * n)
     for layer in range(model.n_layers):
-        pattern = eager["rows"][layer]
+        pattern = torch.stack([eager[f"head {h}"][layer] for h in range(model.n_heads)], dim=1)
         want_dup = pattern[:, :, second, second - n].mean(-1)
         want_ind = pattern[:, :, second, second - n + 1].mean(-1)
         for out, rows in ((fast, 2), (gathered, 3)):
