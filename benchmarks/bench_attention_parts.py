@@ -65,8 +65,8 @@ def layer_parts(tokens: int, heads: int, kv_heads: int, head_dim: int, chunks: l
     for chunk in chunks:
         workspace = Workspace()
 
-        def rows_only():
-            chunks_, _ = attention_from_rows(q[:1], k[:1], v[:1], None, scale, chunk=chunk)
+        def rows_only(sequences: int = 1):
+            chunks_, _ = attention_from_rows(q[:sequences], k[:sequences], v[:sequences], None, scale, chunk=chunk)
             for _ in chunks_:
                 pass
 
@@ -85,13 +85,8 @@ def layer_parts(tokens: int, heads: int, kv_heads: int, head_dim: int, chunks: l
                 for r0, r1 in _sub_blocks(a):
                     row_jsd(a[:, r0:r1, : start + r1], b[:, r0:r1, : start + r1], workspace)
 
-        def pair_rows():
-            chunks_, _ = attention_from_rows(q, k, v, None, scale, chunk=chunk)
-            for _ in chunks_:
-                pass
-
         rows_s = median_seconds(rows_only, repeats)
-        pair_s = median_seconds(pair_rows, repeats)
+        pair_s = median_seconds(lambda: rows_only(2), repeats)
         out[f"chunk_{chunk}"] = {
             "rows_and_output": rows_s,
             "offset_profile_and_pds": round(median_seconds(with_profile, repeats) - rows_s, 4),
