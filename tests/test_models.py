@@ -1,5 +1,7 @@
 """Loading, model cards, inputs (padding, position ids, BOS, chat template)."""
 
+import json
+
 import pytest
 import torch
 
@@ -140,6 +142,37 @@ def test_embedded_checkpoint_is_cached(monkeypatch, smollm2):
     monkeypatch.setattr(zoo, "_dequantize_gguf", lambda *a: (_ for _ in ()).throw(AssertionError("re-dequantized")))
     folder = zoo.embedded_checkpoint("smollm2-135m-instruct")
     assert (folder / "posbench-cache.json").exists() and (folder / "model.safetensors").exists()
+
+
+def test_added_token_index_loads_the_same_tokenizer_without_a_second_parse(embedded, tmp_path):
+    """The cache's tokenizer_config.json indexes tokenizer.json's added tokens (transformers then
+    parses the 33 MB file once, not twice): the tokenizer it loads equals the one loaded without."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from posbench import zoo
+
+    cached = zoo.embedded_checkpoint(embedded.model_id)
+    config = json.loads((cached / "tokenizer_config.json").read_text())
+    assert len(config["added_tokens_decoder"]) >= 1
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        if (cached / name).exists():
+            shutil.copy(cached / name, plain / name)
+    del config["added_tokens_decoder"]
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    indexed = tmp_path / "indexed"
+    shutil.copytree(plain, indexed)
+    assert zoo.index_added_tokens(indexed) and not zoo.index_added_tokens(indexed)  # once
+    a, b = AutoTokenizer.from_pretrained(str(plain)), AutoTokenizer.from_pretrained(str(indexed))
+    assert type(a) is type(b) and a.padding_side == b.padding_side
+    assert a.added_tokens_decoder == b.added_tokens_decoder and a.special_tokens_map == b.special_tokens_map
+    assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str() and a.chat_template == b.chat_template
+    special = "".join(t.content for t in list(a.added_tokens_decoder.values())[:40])
+    text = f"{a.bos_token}Hello {special} world\n\n  x = 2+2? \u4e2d\u6587 {a.eos_token}"
+    assert a(text).input_ids == b(text).input_ids
 
 
 def test_loaded_hf_model_and_tokenizer(tiny_gpt2):
