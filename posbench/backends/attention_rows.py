@@ -208,13 +208,15 @@ def fold_statistics(
     chunks_for: Callable[[tuple[int, ...] | None], Iterable[tuple[int, torch.Tensor]]],
     weighted: dict[int, torch.Tensor] | None = None,
     entry_values: dict[int, torch.Tensor] | None = None,
+    declared: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[Any]:
     """Fold every capture's statistic, one result per capture. ``chunks_for(heads)`` yields the
     row chunks of the given query heads (None: all): captures asking for the same heads share
     each chunk, computed once. ``weighted[i]`` holds ``rows @ W`` [B, H, T, K] for capture i if
     its statistic declared key weights W; ``entry_values[i]`` the values [B, H, E] of the entries
     it declared; both are handed over in one piece. Declared entries not given are gathered
-    from the chunks."""
+    from the chunks; ``declared`` holds what each statistic's ``entries(ctx)`` returned where the
+    caller already asked (captures missing from it declared none), else each is asked here."""
     weighted, entry_values = weighted or {}, entry_values or {}
     results: list[Any] = [None] * len(captures)
     groups: dict[tuple[int, ...] | None, list[int]] = {}
@@ -227,9 +229,9 @@ def fold_statistics(
             results[i] = stat.finish(stat.update(stat.start(ctx), whole, 0, ctx), ctx)
             continue
         groups.setdefault(None if stat.heads is None else tuple(stat.heads), []).append(i)
-        declared = stat.entries(ctx)
-        if declared is not None:
-            gathered[i] = (declared[0], declared[1], None)
+        entries = stat.entries(ctx) if declared is None else declared.get(i)
+        if entries is not None:
+            gathered[i] = (entries[0], entries[1], None)
     for heads, members in groups.items():
         stats = {i: captures[i].statistic for i in members}
         states = {i: stats[i].start(contexts[i]) for i in members if i not in gathered}

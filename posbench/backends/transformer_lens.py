@@ -497,7 +497,7 @@ class TransformerLensBackend(Backend):
                         return every_row
                     return pattern_rows(query, key, mask, scaling, heads=heads, **row_options)
 
-                for capture, result in zip(captures, fold_statistics(captures, contexts, chunks, weighted, entry_values)):
+                for capture, result in zip(captures, fold_statistics(captures, contexts, chunks, weighted, entry_values, entries)):
                     out.captured.setdefault(capture.name, {})[layer] = result
                 stash.clear()
             if z_hook is not None:  # after the fold: on the row path the output is complete only now
