@@ -43,6 +43,10 @@ BYTES_PER_TOKEN = 4 * (36 + 8)
 # fast (SDPA) path holds a score and a row buffer of one chunk of query rows ([B, H, 256, T]);
 # the same factor bounds it (docs/speed.md: peak RSS grows linearly in T there).
 ATTENTION_COPIES = 3
+# An intervention that runs the tokens in another order (``Intervention.reorders_tokens``, PINE)
+# makes a row statistic keep the layer's rows whole and put them back in the user's order:
+# two more T x T copies at the end of each layer (``posbench.token_order``).
+REORDER_COPIES = 2
 # Residual stream, q/k/v, MLP hidden and their hooked copies per token: ~12 d_model, plus ~2
 # d_model per layer that the hooked forward keeps alive (fitted, with the copies above and the
 # fixed overhead below, on measured peaks: benchmarks/bench_memory_estimate.py, docs/reliability.md).
@@ -69,13 +73,13 @@ class Workload:
         return self.total_tokens * BYTES_PER_TOKEN
 
     def peak_bytes(self, n_heads: int, d_model: int, n_layers: int, dtype_bytes: int = 4,
-                   query_rows: int | None = None) -> int:
-        """Token storage plus the largest forward pass: one batch's attention pattern in one
-        layer (``batch x heads x query_rows x T``; ``query_rows`` is T on the eager path, one
-        chunk on the fast path), its activations and a fixed overhead."""
+                   query_rows: int | None = None, copies: int = ATTENTION_COPIES) -> int:
+        """Token storage plus the largest forward pass: ``copies`` of one batch's attention
+        pattern in one layer (``batch x heads x query_rows x T``; ``query_rows`` is T on the
+        eager path, one chunk on the fast path), its activations and a fixed overhead."""
         batch = min(self.batch, self.sequences)
         rows = self.tokens if query_rows is None else min(query_rows, self.tokens)
-        attention = batch * n_heads * rows * self.tokens * dtype_bytes * ATTENTION_COPIES
+        attention = batch * n_heads * rows * self.tokens * dtype_bytes * copies
         widths = ACTIVATION_WIDTHS + ACTIVATION_WIDTHS_PER_LAYER * n_layers
         activations = batch * self.tokens * d_model * dtype_bytes * widths
         return self.token_bytes() + attention + activations + FIXED_OVERHEAD
@@ -197,12 +201,13 @@ def check_memory(probe: "Probe", model: "HookedModel", work: Workload, fix: str 
     card = model.card
     dtype_bytes = 2 if card.dtype in ("float16", "bfloat16") else 4
     rows = model.attention_rows_held(work.tokens)
-    need = work.peak_bytes(card.n_heads, card.d_model, card.n_layers, dtype_bytes, rows)
+    copies = ATTENTION_COPIES + (REORDER_COPIES if any(iv.reorders_tokens for iv in model.interventions) else 0)
+    need = work.peak_bytes(card.n_heads, card.d_model, card.n_layers, dtype_bytes, rows, copies)
     free = available_bytes(model.device)
     if free is not None and need > free:
         raise ResourceLimitError(
             f"probe '{probe.name}' on {model.model_id} needs about {gib(need)} at its peak "
-            f"(batch {min(work.batch, work.sequences)} x {card.n_heads} heads x {rows} x {work.tokens} attention, "
+            f"({copies} x batch {min(work.batch, work.sequences)} x {card.n_heads} heads x {rows} x {work.tokens} attention, "
             f"{work.sequences} sequences) but {gib(free)} is free: {fix or _fix(probe)}"
         )
     return work

@@ -79,6 +79,10 @@ class Intervention(ABC):
     # restarting at the prompt's end: ``posbench.scoring``) give under this intervention what one
     # row per continuation gives; ``pack="auto"`` packs only when every active one says so.
     keeps_packed_rows: ClassVar[bool] = False
+    # ``edit_batch`` runs the tokens in another column order (``posbench.token_order``): the
+    # attention statistics then keep each layer's rows whole to put them back in the user's
+    # order, which ``posbench.limits`` plans memory for.
+    reorders_tokens: ClassVar[bool] = False
 
     def edit_batch(self, batch: "Batch", model: "HookedModel") -> "Batch":
         """The batch this intervention runs instead (input edits)."""
@@ -351,10 +355,10 @@ class Probe(ABC):
 
         if data is not None:
             data = self.check_data(data)
-        check_fits(self, model)  # context and memory, before any input is built
         started = _dt.datetime.now(_dt.timezone.utc)
         t0 = time.perf_counter()
         with model.intervene(*interventions):
+            check_fits(self, model)  # context and memory under the interventions, before any input is built
             applied = model.active_interventions
             tables, summary, data_record = self.measure(model, data, progress=progress)
         return ProbeResult(

@@ -164,8 +164,14 @@ class _UserStatistic(AttentionStatistic):
 
     def finish(self, state, ctx):
         uctx = _user_ctx(ctx, self.order, self.user)
-        rows = self.order.to_user(torch.cat(state, dim=2), (2,) if self._weighted else (2, 3))
-        chunk = rows.shape[2] if self._weighted else state[0].shape[2]
+        chunk = None if self._weighted or not state else state[0].shape[2]
+        whole = torch.cat(state, dim=2)
+        state.clear()  # the chunks are in ``whole`` now: at most two copies of the rows at once
+        rows = self.order.to_user(whole, (2,))  # query rows, then (unweighted) key columns:
+        del whole  # one axis at a time, so no more than two copies are alive
+        if not self._weighted:
+            rows = self.order.to_user(rows, (3,))
+        chunk = chunk or max(rows.shape[2], 1)
         inner = self.inner.start(uctx)
         for start in range(0, rows.shape[2], chunk):
             inner = self.inner.update(inner, rows[:, :, start : start + chunk], start, uctx)

@@ -395,6 +395,28 @@ def test_memory_estimate_counts_one_chunk_of_rows_on_the_fast_path(tiny_llama, m
         probe.run(tiny_llama)
 
 
+def test_memory_plan_counts_the_interventions_a_probe_runs_under(tiny_llama, monkeypatch):
+    """The memory check runs under the interventions handed to ``probe.run``: PINE's scores
+    override makes every layer eager (T rows), and its token reordering keeps two more copies of
+    a layer's rows. A limit between the plain fast plan and PINE's lets the plain run through and
+    refuses PINE before any input is built."""
+    from posbench.errors import ResourceLimitError
+    from posbench.interventions.pine import Pine
+    from posbench.limits import ATTENTION_COPIES, REORDER_COPIES, Workload
+
+    card, tokens = tiny_llama.card, 512
+    work = Workload(sequences=1, tokens=tokens, batch=1)
+    fast = work.peak_bytes(card.n_heads, card.d_model, card.n_layers, query_rows=256)
+    pine = work.peak_bytes(card.n_heads, card.d_model, card.n_layers, query_rows=tokens,
+                           copies=ATTENTION_COPIES + REORDER_COPIES)
+    monkeypatch.setenv("POSBENCH_MEMORY_LIMIT", str((fast + pine) // 2))
+    probe = SinkProbe(seq_len=tokens, n_sequences=1, inputs=("random",), first_token_test=False, batch_size=1)
+    probe.run(tiny_llama)
+    with pytest.raises(ResourceLimitError, match=f"{ATTENTION_COPIES + REORDER_COPIES} x batch 1 x 4 heads x 512 x 512"):
+        probe.run(tiny_llama, interventions=[Pine()])
+    assert not tiny_llama.interventions  # nothing left active after the refusal
+
+
 MEMORY_CHILD = textwrap.dedent("""
     import resource, torch
     import posbench

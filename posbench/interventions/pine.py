@@ -55,6 +55,7 @@ class Pine(AttentionEdit):
     spec_help = "no arguments; needs segmented prompts (e.g. the position-bias probe)"
     Config = PineConfig
     keeps_packed_rows = True  # a continuation's positions come from the batch; the key mask applies on top
+    reorders_tokens = True  # runs each row's segments in canonical order (edit_batch)
 
     def params(self) -> dict[str, Any]:
         return {}
