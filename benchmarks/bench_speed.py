@@ -296,7 +296,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192, 16384])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--eager-max", type=int, default=8192, help="longest length run on the eager path")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median); 1 above 2048 tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median) up to 2048 tokens")
+    parser.add_argument("--repeats-long", type=int, default=1, help="timed runs per mode (median) above 2048 tokens")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every child (default: torch's)")
     parser.add_argument("--cache-budget-gib", type=float, default=8.0, help="largest run_with_cache attempted")
     parser.add_argument("--long", action="store_true", help="also gemma-3-270m sinks / positional-heads at 16k and 32k")
@@ -332,7 +333,7 @@ def main() -> None:
                  if ("gemma-3-270m", p, n) not in plan]
     for model, probe, length in plan:
         modes = [m for m in args.modes if m != "probe-eager" or length <= args.eager_max]
-        repeats = args.repeats if length <= 2048 else 1
+        repeats = args.repeats if length <= 2048 else args.repeats_long
         row = measure_row(model, probe, length, modes, repeats, threads, args.cache_budget_gib)
         rows.append(row)
         print(f"{model} {probe} {length}: probe {fmt(row.get('probe_s'))} s, SDPA {fmt(row.get('hf-sdpa_s'))} s, "
