@@ -219,7 +219,9 @@ def test_bridge_tokenizer_is_its_own_but_shares_the_vocabulary(embedded):
     bridge.padding_side = "left" if side == "right" else "right"
     try:
         assert user.padding_side == side
-        text = "Position shapes what a model does."
+        text = f"Position shapes {user.eos_token} what a model does."
         assert bridge(text)["input_ids"] == user(text)["input_ids"]
+        assert bridge.added_tokens_decoder == user.added_tokens_decoder  # kept when init_kwargs drops the table
+        assert "added_tokens_decoder" in user.init_kwargs  # the user's own kwargs untouched
     finally:
         bridge.padding_side = side
