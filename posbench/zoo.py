@@ -135,11 +135,20 @@ def index_added_tokens(folder: Path) -> bool:
         return False
     added = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("added_tokens", [])
     config["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
-    fd, tmp = tempfile.mkstemp(prefix=".tokenizer_config-", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=2, ensure_ascii=False)
-    os.chmod(tmp, config_path.stat().st_mode & 0o777)
-    os.replace(tmp, config_path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tokenizer_config-", dir=folder)
+    except OSError:  # a read-only cache: it loads as before, only slower
+        return False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, ensure_ascii=False)
+        os.chmod(tmp, config_path.stat().st_mode & 0o777)
+        os.replace(tmp, config_path)
+    except OSError:
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return True
 
 

@@ -144,7 +144,7 @@ def test_embedded_checkpoint_is_cached(monkeypatch, smollm2):
     assert (folder / "posbench-cache.json").exists() and (folder / "model.safetensors").exists()
 
 
-def test_added_token_index_loads_the_same_tokenizer_without_a_second_parse(embedded, tmp_path):
+def test_added_token_index_loads_the_same_tokenizer_without_a_second_parse(embedded, tmp_path, monkeypatch):
     """The cache's tokenizer_config.json indexes tokenizer.json's added tokens (transformers then
     parses the 33 MB file once, not twice): the tokenizer it loads equals the one loaded without."""
     import shutil
@@ -165,6 +165,10 @@ def test_added_token_index_loads_the_same_tokenizer_without_a_second_parse(embed
     (plain / "tokenizer_config.json").write_text(json.dumps(config))
     indexed = tmp_path / "indexed"
     shutil.copytree(plain, indexed)
+    with monkeypatch.context() as patch:  # a cache the user cannot write to loads as before
+        patch.setattr(zoo.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "read-only")))
+        assert not zoo.index_added_tokens(indexed)
+    assert "added_tokens_decoder" not in json.loads((indexed / "tokenizer_config.json").read_text())
     assert zoo.index_added_tokens(indexed) and not zoo.index_added_tokens(indexed)  # once
     a, b = AutoTokenizer.from_pretrained(str(plain)), AutoTokenizer.from_pretrained(str(indexed))
     assert type(a) is type(b) and a.padding_side == b.padding_side
