@@ -130,9 +130,10 @@ def index_added_tokens(folder: Path) -> bool:
     config_path, tokenizer_path = folder / "tokenizer_config.json", folder / "tokenizer.json"
     if not (config_path.is_file() and tokenizer_path.is_file()):
         return False
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if "added_tokens_decoder" in config:
+    text = config_path.read_text(encoding="utf-8")
+    if '"added_tokens_decoder"' in text:  # indexed already: every load asks, so skip the JSON parse
         return False
+    config = json.loads(text)
     added = json.loads(tokenizer_path.read_text(encoding="utf-8")).get("added_tokens", [])
     config["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
     try:
